@@ -1,0 +1,88 @@
+"""Application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from gateway import __version__
+from gateway.audit.controller import AuditController, WorkspaceAuditController
+from gateway.auth.controller import AuthController, MeController
+from gateway.config import Settings, load_settings
+from gateway.db.session import Database
+from gateway.dependencies import APP_DEPENDENCIES
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.health import healthz, readyz
+from gateway.observability import RequestContextMiddleware
+from gateway.users.controller import UserController
+from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
+
+CONTROLLERS = [
+    AuthController,
+    MeController,
+    UserController,
+    WorkspaceController,
+    MemberController,
+    QuotaController,
+    AuditController,
+    WorkspaceAuditController,
+]
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> Litestar:
+    """Build the gateway. ``database`` lets tests share one engine; otherwise one is made from settings."""
+    settings = settings or load_settings()
+    owns_database = database is None
+    db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_database:
+                await db.dispose()
+
+    prometheus = PrometheusConfig(
+        app_name="remotegpu",
+        prefix="remotegpu",
+        group_path=True,
+        exclude_unhandled_paths=True,
+        exclude=["/metrics"],
+    )
+    return Litestar(
+        route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
+        dependencies=APP_DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware, prometheus.middleware],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "database": db}),
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+        openapi_config=OpenAPIConfig(
+            title="RemoteGPU Gateway",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http", scheme="bearer", description="token from POST /api/v1/auth/tokens"
+                    )
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
+    )

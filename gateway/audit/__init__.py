@@ -1,0 +1,1 @@
+"""Audit trail: every change, who made it, from which request."""

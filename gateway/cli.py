@@ -1,0 +1,231 @@
+"""The ``remotegpu`` command: run the service, manage the schema, bootstrap accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from gateway.actor import Actor
+from gateway.config import Settings, SettingsError, load_settings
+from gateway.db.session import Database
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _run_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        database = Database(settings.database_url)
+        try:
+            return await work(database)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except GatewayError as exc:
+        field = f" ({exc.errors[0].field})" if exc.errors else ""
+        raise click.ClickException(f"{exc.detail}{field}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="REMOTEGPU_CONFIG",
+    help="TOML settings file (REMOTEGPU_CONFIG). Environment variables REMOTEGPU_* override it.",
+)
+@click.version_option(package_name="remotegpu")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None) -> None:
+    """RemoteGPU Gateway: a GPU platform on top of a Slurm cluster."""
+    try:
+        ctx.obj = load_settings(config_file)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (REMOTEGPU_HOST, default 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port to listen on (REMOTEGPU_PORT, default 8000)."
+)
+@click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema before starting.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bool) -> None:
+    """Run the HTTP API (one process; put several behind a load balancer to scale out)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.db import migrate
+    from gateway.observability import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.auto_migrate and not no_migrate:
+        migrate.upgrade(settings.database_url)
+    import structlog
+
+    structlog.get_logger("gateway").info(
+        "starting",
+        database=settings.database_url_redacted,
+        host=host or settings.host,
+        port=port or settings.port,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Upgrade the schema to REVISION (default: the latest)."""
+    from gateway.db import migrate
+
+    settings = _settings(ctx)
+    migrate.upgrade(settings.database_url, revision)
+    revision_now = migrate.current_revision(settings.database_url)
+    click.echo(f"database {settings.database_url_redacted} at revision {revision_now}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str) -> None:
+    """Downgrade the schema to REVISION ('base' removes every table)."""
+    from gateway.db import migrate
+
+    migrate.downgrade(_settings(ctx).database_url, revision)
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the schema revision of the database and the latest one known."""
+    from gateway.db import migrate
+
+    url = _settings(ctx).database_url
+    click.echo(f"current: {migrate.current_revision(url) or 'empty'}\nhead:    {migrate.head_revision()}")
+
+
+@main.group()
+def admin() -> None:
+    """Operator commands that act on the database directly (bootstrap, recovery)."""
+
+
+def _password_from_env_or_prompt() -> str:
+    password = os.environ.get("REMOTEGPU_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise click.ClickException("set REMOTEGPU_PASSWORD or run in a terminal to be prompted")
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@admin.command("create-user")
+@click.argument("name")
+@click.option("--admin", "is_admin", is_flag=True, help="Make the user a platform administrator.")
+@click.option("--posix-name", help="POSIX account the user's jobs run as (default: NAME).")
+@click.option("--email")
+@click.option(
+    "--user-type", type=click.Choice(["internal", "external"]), default="internal", show_default=True
+)
+@click.option("--region", help="Region used to route data to the nearest replica.")
+@click.option("--no-password", is_flag=True, help="Create the user without a password (token or SSO only).")
+@click.pass_context
+def create_user(
+    ctx: click.Context,
+    name: str,
+    is_admin: bool,
+    posix_name: str | None,
+    email: str | None,
+    user_type: str,
+    region: str | None,
+    no_password: bool,
+) -> None:
+    """Create user NAME. The password comes from REMOTEGPU_PASSWORD or a prompt."""
+    import msgspec
+
+    from gateway.users.schemas import UserCreate
+    from gateway.users.service import create_user as create
+
+    password = None if no_password else _password_from_env_or_prompt()
+    raw: dict[str, Any] = {
+        "name": name,
+        "password": password,
+        "posix_name": posix_name,
+        "email": email,
+        "user_type": user_type,
+        "region": region,
+        "is_admin": is_admin,
+    }
+    try:
+        data = msgspec.convert(raw, UserCreate)
+    except msgspec.ValidationError as exc:
+        raise click.ClickException(f"invalid input: {exc}") from exc
+
+    async def work(database: Database) -> None:
+        async with database.sessionmaker() as session:
+            await create(session, Actor.system("cli"), data)
+
+    _run_db(_settings(ctx), work)
+    click.echo(f"created {'admin ' if is_admin else ''}user {name}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.argument("username")
+@click.option("--name", default="cli", show_default=True, help="Label to tell the token apart.")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), help="Default: the token_ttl_days setting.")
+@click.pass_context
+def token_create(ctx: click.Context, username: str, name: str, expires_in_days: int | None) -> None:
+    """Issue an API token for USERNAME and print it (operator command, acts on the database)."""
+    from gateway.auth.service import issue_token
+    from gateway.users.service import get_user
+
+    settings = _settings(ctx)
+
+    async def work(database: Database) -> str:
+        async with database.sessionmaker() as session:
+            user = await get_user(session, username)
+            created = await issue_token(
+                session,
+                Actor.system("cli"),
+                user,
+                name=name,
+                ttl_days=expires_in_days or settings.token_ttl_days,
+            )
+            return created.token
+
+    click.echo(_run_db(settings, work))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,96 @@
+"""One settings object, read from an optional TOML file and ``REMOTEGPU_*`` environment variables.
+
+Precedence (highest first): environment variables, the TOML file named by ``REMOTEGPU_CONFIG``
+(or passed explicitly), built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import platformdirs
+from sqlalchemy.engine import make_url
+
+ENV_PREFIX = "REMOTEGPU_"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("remotegpu", appauthor=False))
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{default_data_dir() / 'remotegpu.db'}"
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names the offending setting."""
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    database_url: str = msgspec.field(default_factory=default_database_url)
+    """SQLAlchemy URL. ``sqlite:///path`` (embedded default) or ``postgresql://user@host/db`` (psycopg 3)."""
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
+    db_echo: bool = False
+    auto_migrate: bool = True
+    """``remotegpu serve`` upgrades the schema to the latest revision before listening."""
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    token_ttl_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 90
+    """Lifetime of API tokens when the request does not ask for one."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    workspace_creation: Literal["any", "admin"] = "any"
+    """Who may create workspaces: any active user (who becomes its owner) or platform admins only."""
+    default_currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "CNY"
+
+    @property
+    def database_url_redacted(self) -> str:
+        """The database URL with any password masked, safe to log."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        fields = {f: getattr(self, f) for f in self.__struct_fields__}
+        fields["database_url"] = self.database_url_redacted
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = set(Settings.__struct_fields__)
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in known:
+            out[name] = value
+    return out
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, the TOML file and the environment."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        try:
+            with Path(path).open("rb") as fh:
+                values.update(tomllib.load(fh))
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+    values.update(_env_overrides(environ))
+    try:
+        # strict=False lets "8001" (from the environment) become an int, "true" a bool.
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from exc

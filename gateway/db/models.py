@@ -1,0 +1,9 @@
+"""Imports every domain's models so ``Base.metadata`` is complete (Alembic, tests)."""
+
+from gateway.audit.models import AuditEntry
+from gateway.auth.models import ApiToken
+from gateway.db.base import Base
+from gateway.users.models import User
+from gateway.workspaces.models import Member, Quota, Workspace
+
+__all__ = ["ApiToken", "AuditEntry", "Base", "Member", "Quota", "User", "Workspace"]

@@ -1,0 +1,60 @@
+"""Litestar dependencies shared by every controller: database session, caller, pagination."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.actor import Actor
+from gateway.auth import service as auth_service
+from gateway.config import Settings
+from gateway.db.session import Database
+from gateway.errors import Forbidden, Unauthorized
+from gateway.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Pagination
+
+
+async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
+    database: Database = state.database
+    async with database.sessionmaker() as session:
+        yield session
+
+
+def provide_settings(state: State) -> Settings:
+    settings: Settings = state.settings
+    return settings
+
+
+async def provide_actor(request: Request[object, object, State], db_session: AsyncSession) -> Actor:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+    return await auth_service.authenticate(db_session, secret.strip())
+
+
+async def provide_admin(actor: Actor) -> Actor:
+    if not actor.is_admin:
+        raise Forbidden("platform administrators only")
+    return actor
+
+
+async def provide_pagination(
+    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, Parameter(ge=0, le=10**9, description="items to skip")] = 0,
+) -> Pagination:
+    return Pagination(limit=limit, offset=offset)
+
+
+APP_DEPENDENCIES = {
+    "db_session": Provide(provide_db_session),
+    "settings": Provide(provide_settings, sync_to_thread=False),
+    "actor": Provide(provide_actor),
+    "page": Provide(provide_pagination),
+}
+ADMIN_DEPENDENCIES = {"admin": Provide(provide_admin)}

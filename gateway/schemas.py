@@ -1,0 +1,61 @@
+"""Shared schema pieces: name patterns (the allow-lists every domain validates against) and pagination."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+# POSIX-portable account names, also valid as Slurm user names.
+UserName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        max_length=32,
+        description="lowercase letters, digits, '_' and '-'; 1-32 chars",
+        examples=["alice"],
+    ),
+]
+# Workspace slugs appear in URLs and become Slurm account names.
+Slug = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$",
+        min_length=3,
+        max_length=32,
+        description="3-32 chars: lowercase letters, digits, '-'; starts with a letter",
+        examples=["vision-lab"],
+    ),
+]
+SlurmAccount = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$", max_length=64)]
+DisplayName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
+]
+Description = Annotated[str, msgspec.Meta(max_length=4096)]
+Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$", max_length=254)]
+Region = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", max_length=64)]
+GpuType = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$", max_length=32)]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+TokenName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ._:@-]{1,64}$", max_length=64)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+class Page(msgspec.Struct, Generic[T]):
+    """One page of a list; ``total`` counts every match, not just this page."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Pagination(msgspec.Struct, frozen=True):
+    limit: int = DEFAULT_PAGE_SIZE
+    offset: int = 0

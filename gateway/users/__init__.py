@@ -1,0 +1,1 @@
+"""Users: gateway accounts mapped to POSIX accounts on the cluster."""

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import Enum, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
+
+
+class UserType(enum.StrEnum):
+    """Drives data routing: internal users read from on-site stores, external ones from public ones."""
+
+    INTERNAL = "internal"
+    EXTERNAL = "external"
+
+
+class User(TimestampMixin, SoftDeleteMixin, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        # Names of deleted users can be reused; live ones are unique.
+        Index(
+            "uq_users_name_live",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index(
+            "uq_users_posix_name_live",
+            "posix_name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
+    posix_name: Mapped[str] = mapped_column(String(32))
+    user_type: Mapped[UserType] = mapped_column(
+        Enum(
+            UserType,
+            name="user_type",
+            values_callable=lambda e: [m.value for m in e],
+            native_enum=False,
+            length=16,
+        ),
+        default=UserType.INTERNAL,
+    )
+    region: Mapped[str | None] = mapped_column(String(64), default=None)
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def active(self) -> bool:
+        return not self.disabled and self.deleted_at is None

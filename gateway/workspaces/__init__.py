@@ -1,0 +1,1 @@
+"""Workspaces: the unit of membership, quota and billing; each is a Slurm account."""

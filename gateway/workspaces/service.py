@@ -1,0 +1,371 @@
+"""Workspaces, their members and roles, and quotas.
+
+Access rule: a caller who is not a member of a workspace learns nothing about it (404); a member whose
+role is too low gets 403; platform admins may do everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from msgspec import UNSET
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.actor import Actor
+from gateway.audit.service import record
+from gateway.config import Settings
+from gateway.db.base import utcnow
+from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.schemas import Pagination
+from gateway.users.models import User
+from gateway.workspaces.models import Member, Quota, Role, Workspace, WorkspaceStatus
+from gateway.workspaces.schemas import MemberCreate, QuotaIn, WorkspaceCreate, WorkspaceUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceAccess:
+    """A workspace as seen by one caller, with the caller's role (None: a platform admin who is not a member)."""
+
+    workspace: Workspace
+    role: Role | None
+    actor: Actor
+
+    def require(self, minimum: Role) -> None:
+        if self.actor.is_admin:
+            return
+        if self.role is None or self.role.rank < minimum.rank:
+            raise Forbidden(f"this needs the workspace role {minimum.value!r} or higher")
+
+
+def _live_workspaces() -> Select[Workspace]:
+    return select(Workspace).where(Workspace.deleted_at.is_(None))
+
+
+async def get_access(session: AsyncSession, actor: Actor, slug: str) -> WorkspaceAccess:
+    """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin."""
+    row = (
+        await session.execute(
+            select(Workspace, Member.role)
+            .outerjoin(
+                Member,
+                (Member.workspace_id == Workspace.id)
+                & (Member.user_id == actor.user_id)
+                & Member.deleted_at.is_(None),
+            )
+            .where(Workspace.slug == slug, Workspace.deleted_at.is_(None))
+        )
+    ).first()
+    if row is None or (row[1] is None and not actor.is_admin):
+        raise NotFound(f"workspace {slug!r} not found")
+    return WorkspaceAccess(workspace=row[0], role=row[1], actor=actor)
+
+
+async def _active_user(session: AsyncSession, name: str, field: str) -> User:
+    user = await session.scalar(
+        select(User).where(User.name == name, User.deleted_at.is_(None), User.disabled.is_(False))
+    )
+    if user is None:
+        raise NotFound(f"user {name!r} not found", field=field)
+    return user
+
+
+async def create_workspace(
+    session: AsyncSession, actor: Actor, settings: Settings, data: WorkspaceCreate
+) -> WorkspaceAccess:
+    if settings.workspace_creation == "admin" and not actor.is_admin:
+        raise Forbidden("only platform administrators may create workspaces on this site")
+    for field in ("slurm_account", "owner"):
+        if getattr(data, field) is not None and not actor.is_admin:
+            raise Forbidden(f"only platform administrators may set {field!r}", field=field)
+    if data.owner is not None:
+        owner = await _active_user(session, data.owner, "owner")
+    elif actor.user_id is not None:
+        owner = await session.get_one(User, actor.user_id)
+    else:
+        raise InvalidInput("an owner is required when no user is acting", field="owner")
+    slurm_account = data.slurm_account or data.slug
+    if await session.scalar(_live_workspaces().where(Workspace.slug == data.slug)):
+        raise Conflict(f"workspace {data.slug!r} already exists", field="slug")
+    if await session.scalar(_live_workspaces().where(Workspace.slurm_account == slurm_account)):
+        raise Conflict(
+            f"Slurm account {slurm_account!r} is already used by another workspace", field="slurm_account"
+        )
+    ws = Workspace(
+        slug=data.slug,
+        name=data.name,
+        description=data.description,
+        slurm_account=slurm_account,
+        currency=data.currency or settings.default_currency,
+        status=WorkspaceStatus.ACTIVE,
+    )
+    session.add(ws)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent request created the same slug between check and insert
+        await session.rollback()
+        raise Conflict(f"workspace {data.slug!r} already exists", field="slug") from exc
+    session.add(Member(workspace_id=ws.id, user_id=owner.id, role=Role.OWNER))
+    record(
+        session,
+        actor,
+        "workspace.create",
+        target_type="workspace",
+        target=ws.slug,
+        workspace_id=ws.id,
+        details={"owner": owner.name, "slurm_account": slurm_account, "currency": ws.currency},
+    )
+    await session.commit()
+    return WorkspaceAccess(workspace=ws, role=Role.OWNER if owner.id == actor.user_id else None, actor=actor)
+
+
+async def list_workspaces(
+    session: AsyncSession,
+    actor: Actor,
+    page: Pagination,
+    *,
+    q: str | None = None,
+    status: WorkspaceStatus | None = None,
+    mine: bool = False,
+) -> tuple[list[tuple[Workspace, Role | None]], int]:
+    """Members see their workspaces; platform admins see all of them unless ``mine``."""
+    membership = (
+        (Member.workspace_id == Workspace.id)
+        & (Member.user_id == actor.user_id)
+        & Member.deleted_at.is_(None)
+    )
+    query = select(Workspace, Member.role).where(Workspace.deleted_at.is_(None))
+    if actor.is_admin and not mine:
+        query = query.outerjoin(Member, membership)
+    else:
+        query = query.join(Member, membership)
+    if q:
+        pattern = f"%{q}%"
+        query = query.where(or_(Workspace.slug.ilike(pattern), Workspace.name.ilike(pattern)))
+    if status is not None:
+        query = query.where(Workspace.status == status)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.execute(query.order_by(Workspace.slug).limit(page.limit).offset(page.offset))
+    return [(ws, role) for ws, role in rows.tuples()], int(total or 0)
+
+
+async def update_workspace(
+    session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate
+) -> Workspace:
+    access.require(Role.OWNER)
+    if data.status is not UNSET and not access.actor.is_admin:
+        raise Forbidden("only platform administrators may change a workspace's status", field="status")
+    ws = access.workspace
+    changes: dict[str, object] = {}
+    for field in ("name", "description", "currency", "status"):
+        value = getattr(data, field)
+        if value is not UNSET and value != getattr(ws, field):
+            setattr(ws, field, value)
+            changes[field] = value
+    if changes:
+        record(
+            session,
+            access.actor,
+            "workspace.update",
+            target_type="workspace",
+            target=ws.slug,
+            workspace_id=ws.id,
+            details={k: str(v) for k, v in changes.items()},
+        )
+        await session.commit()
+    return ws
+
+
+async def delete_workspace(session: AsyncSession, access: WorkspaceAccess) -> None:
+    access.require(Role.OWNER)
+    ws = access.workspace
+    now = utcnow()
+    ws.deleted_at = now
+    for member in await session.scalars(
+        select(Member).where(Member.workspace_id == ws.id, Member.deleted_at.is_(None))
+    ):
+        member.deleted_at = now
+    record(
+        session, access.actor, "workspace.delete", target_type="workspace", target=ws.slug, workspace_id=ws.id
+    )
+    await session.commit()
+
+
+# --- members -------------------------------------------------------------------------------------------
+
+
+async def list_members(
+    session: AsyncSession, access: WorkspaceAccess, page: Pagination, role: Role | None = None
+) -> tuple[list[tuple[Member, str]], int]:
+    access.require(Role.MEMBER)
+    query = (
+        select(Member, User.name)
+        .join(User, User.id == Member.user_id)
+        .where(Member.workspace_id == access.workspace.id, Member.deleted_at.is_(None))
+    )
+    if role is not None:
+        query = query.where(Member.role == role)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.execute(query.order_by(User.name).limit(page.limit).offset(page.offset))
+    return [(m, name) for m, name in rows.tuples()], int(total or 0)
+
+
+async def _member(
+    session: AsyncSession, access: WorkspaceAccess, username: str, *, lock: bool = False
+) -> Member:
+    query = (
+        select(Member)
+        .join(User, User.id == Member.user_id)
+        .where(Member.workspace_id == access.workspace.id, Member.deleted_at.is_(None), User.name == username)
+    )
+    if lock:
+        query = query.with_for_update()
+    member = await session.scalar(query)
+    if member is None:
+        raise NotFound(f"{username!r} is not a member of this workspace", field="username")
+    return member
+
+
+async def get_member(session: AsyncSession, access: WorkspaceAccess, username: str) -> Member:
+    access.require(Role.MEMBER)
+    return await _member(session, access, username)
+
+
+def _require_owner_for(access: WorkspaceAccess, *roles: Role) -> None:
+    """Only owners make owners, and only owners change or remove an owner."""
+    if Role.OWNER in roles:
+        access.require(Role.OWNER)
+
+
+async def _other_owner_count(session: AsyncSession, ws_id: int, member_id: int) -> int:
+    # Lock the owner rows (PostgreSQL) so two owners demoting each other cannot leave none.
+    owners = await session.scalars(
+        select(Member.id)
+        .where(Member.workspace_id == ws_id, Member.role == Role.OWNER, Member.deleted_at.is_(None))
+        .with_for_update()
+    )
+    return sum(1 for mid in owners if mid != member_id)
+
+
+async def add_member(session: AsyncSession, access: WorkspaceAccess, data: MemberCreate) -> Member:
+    access.require(Role.ADMIN)
+    _require_owner_for(access, data.role)
+    user = await _active_user(session, data.username, "username")
+    existing = await session.scalar(
+        select(Member.id).where(
+            Member.workspace_id == access.workspace.id, Member.user_id == user.id, Member.deleted_at.is_(None)
+        )
+    )
+    if existing is not None:
+        raise Conflict(f"{data.username!r} is already a member", field="username")
+    member = Member(workspace_id=access.workspace.id, user_id=user.id, role=data.role)
+    session.add(member)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise Conflict(f"{data.username!r} is already a member", field="username") from exc
+    record(
+        session,
+        access.actor,
+        "member.add",
+        target_type="member",
+        target=user.name,
+        workspace_id=access.workspace.id,
+        details={"role": data.role.value},
+    )
+    await session.commit()
+    return member
+
+
+async def change_role(session: AsyncSession, access: WorkspaceAccess, username: str, role: Role) -> Member:
+    access.require(Role.ADMIN)
+    member = await _member(session, access, username, lock=True)
+    _require_owner_for(access, member.role, role)
+    if member.role == role:
+        return member
+    if member.role == Role.OWNER and await _other_owner_count(session, access.workspace.id, member.id) == 0:
+        raise Conflict("the last owner cannot be demoted; make someone else owner first", field="role")
+    old = member.role
+    member.role = role
+    record(
+        session,
+        access.actor,
+        "member.role",
+        target_type="member",
+        target=username,
+        workspace_id=access.workspace.id,
+        details={"from": old.value, "to": role.value},
+    )
+    await session.commit()
+    return member
+
+
+async def remove_member(session: AsyncSession, access: WorkspaceAccess, username: str) -> None:
+    """Admins remove members; anyone may leave; owners are removed only by owners (or leave themselves)."""
+    leaving = access.actor.name == username and access.role is not None
+    if not leaving:
+        access.require(Role.ADMIN)
+    member = await _member(session, access, username, lock=True)
+    if not leaving:
+        _require_owner_for(access, member.role)
+    if member.role == Role.OWNER and await _other_owner_count(session, access.workspace.id, member.id) == 0:
+        raise Conflict(
+            "the last owner cannot leave; make someone else owner or delete the workspace", field="username"
+        )
+    member.deleted_at = utcnow()
+    record(
+        session,
+        access.actor,
+        "member.leave" if leaving else "member.remove",
+        target_type="member",
+        target=username,
+        workspace_id=access.workspace.id,
+        details={"role": member.role.value},
+    )
+    await session.commit()
+
+
+# --- quota ---------------------------------------------------------------------------------------------
+
+
+async def get_quota(session: AsyncSession, access: WorkspaceAccess) -> Quota | None:
+    access.require(Role.MEMBER)
+    return await session.get(Quota, access.workspace.id)
+
+
+async def set_quota(session: AsyncSession, access: WorkspaceAccess, data: QuotaIn) -> Quota:
+    access.require(Role.ADMIN)
+    if data.gpus is not None:
+        over = {t: n for t, n in data.gpus_by_type.items() if n > data.gpus}
+        if over:
+            raise InvalidInput(
+                f"per-type GPU limits exceed the total of {data.gpus}: {over}", field="gpus_by_type"
+            )
+    quota = await session.get(Quota, access.workspace.id)
+    if quota is None:
+        quota = Quota(workspace_id=access.workspace.id)
+        session.add(quota)
+    values = {
+        "gpus": data.gpus,
+        "gpus_by_type": dict(sorted(data.gpus_by_type.items())),
+        "cpus": data.cpus,
+        "memory_bytes": data.memory_bytes,
+        "storage_bytes": data.storage_bytes,
+        "concurrent_environments": data.concurrent_environments,
+    }
+    for field, value in values.items():
+        setattr(quota, field, value)
+    quota.updated_at = utcnow()
+    record(
+        session,
+        access.actor,
+        "quota.set",
+        target_type="quota",
+        target=access.workspace.slug,
+        workspace_id=access.workspace.id,
+        details=values,
+    )
+    await session.commit()
+    return quota

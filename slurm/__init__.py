@@ -1,0 +1,1 @@
+"""Slurm adapter: typed records, batch-script rendering, SlurmClient backends (no gateway imports)."""

@@ -1,0 +1,1 @@
+"""JupyterHub side of RemoteGPU: the batchspawner-based GatewaySpawner (added with the environments issue)."""
