@@ -26,7 +26,7 @@ from gateway.workspaces.schemas import MemberCreate, QuotaIn, WorkspaceCreate, W
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceAccess:
-    """A workspace as seen by one caller, with the caller's role (None: a platform admin who is not a member)."""
+    """A workspace as one caller sees it, with their role (None: a platform admin who is not a member)."""
 
     workspace: Workspace
     role: Role | None
