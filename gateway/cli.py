@@ -58,9 +58,7 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 
 @main.command()
 @click.option("--host", help="Address to listen on (REMOTEGPU_HOST, default 127.0.0.1).")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), help="Port to listen on (REMOTEGPU_PORT, default 8000)."
-)
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (REMOTEGPU_PORT, default 8000).")
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema before starting.")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bool) -> None:
@@ -150,9 +148,7 @@ def _password_from_env_or_prompt() -> str:
 @click.option("--admin", "is_admin", is_flag=True, help="Make the user a platform administrator.")
 @click.option("--posix-name", help="POSIX account the user's jobs run as (default: NAME).")
 @click.option("--email")
-@click.option(
-    "--user-type", type=click.Choice(["internal", "external"]), default="internal", show_default=True
-)
+@click.option("--user-type", type=click.Choice(["internal", "external"]), default="internal", show_default=True)
 @click.option("--region", help="Region used to route data to the nearest replica.")
 @click.option("--no-password", is_flag=True, help="Create the user without a password (token or SSO only).")
 @click.pass_context
@@ -188,7 +184,7 @@ def create_user(
         raise click.ClickException(f"invalid input: {exc}") from exc
 
     async def work(database: Database) -> None:
-        async with database.sessionmaker() as session:
+        async with database.session() as session:
             await create(session, Actor.system("cli"), data)
 
     _run_db(_settings(ctx), work)
@@ -213,7 +209,7 @@ def token_create(ctx: click.Context, username: str, name: str, expires_in_days: 
     settings = _settings(ctx)
 
     async def work(database: Database) -> str:
-        async with database.sessionmaker() as session:
+        async with database.session() as session:
             user = await get_user(session, username)
             created = await issue_token(
                 session,

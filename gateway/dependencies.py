@@ -7,8 +7,8 @@ from typing import Annotated
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.actor import Actor
@@ -18,10 +18,18 @@ from gateway.db.session import Database
 from gateway.errors import Forbidden, Unauthorized
 from gateway.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Pagination
 
+# Handler parameters named after a dependency; the alias marks them as injected (not query parameters).
+DbSession = NamedDependency[AsyncSession]
+CurrentActor = NamedDependency[Actor]
+AppSettings = NamedDependency[Settings]
+Page = NamedDependency[Pagination]
 
-async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
-    database: Database = state.database
-    async with database.sessionmaker() as session:
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def provide_db_session(request: Request[object, object, State]) -> AsyncIterator[AsyncSession]:
+    database: Database = request.app.state.database
+    async with database.session(write=request.method not in _READ_METHODS) as session:
         yield session
 
 
@@ -30,7 +38,7 @@ def provide_settings(state: State) -> Settings:
     return settings
 
 
-async def provide_actor(request: Request[object, object, State], db_session: AsyncSession) -> Actor:
+async def provide_actor(request: Request[object, object, State], db_session: NamedDependency[AsyncSession]) -> Actor:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -38,15 +46,15 @@ async def provide_actor(request: Request[object, object, State], db_session: Asy
     return await auth_service.authenticate(db_session, secret.strip())
 
 
-async def provide_admin(actor: Actor) -> Actor:
+async def provide_admin(actor: NamedDependency[Actor]) -> Actor:
     if not actor.is_admin:
         raise Forbidden("platform administrators only")
     return actor
 
 
 async def provide_pagination(
-    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Parameter(ge=0, le=10**9, description="items to skip")] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, QueryParameter(ge=0, le=10**9, description="items to skip")] = 0,
 ) -> Pagination:
     return Pagination(limit=limit, offset=offset)
 

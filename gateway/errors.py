@@ -40,9 +40,7 @@ class GatewayError(Exception):
     kind = "bad-request"
     title = "Bad request"
 
-    def __init__(
-        self, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None
-    ) -> None:
+    def __init__(self, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or ([FieldError(field=field, message=detail)] if field else None)

@@ -29,7 +29,5 @@ async def readyz(state: State) -> Response[Health]:
         async with database.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:  # readiness reports any failure, it never raises
-        return Response(
-            Health(status="unavailable", checks={"database": type(exc).__name__}), status_code=503
-        )
+        return Response(Health(status="unavailable", checks={"database": type(exc).__name__}), status_code=503)
     return Response(Health(status="ok", checks={"database": "ok"}))

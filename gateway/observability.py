@@ -93,11 +93,10 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                if access_log.isEnabledFor(logging.INFO):
-                    access_log.info(
-                        "request",
-                        method=scope.get("method"),
-                        path=scope.get("path"),
-                        status=status,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    )
+                access_log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Generic, TypeVar
 
 import msgspec
+from litestar.params import PathParameter, QueryParameter
 
 T = TypeVar("T")
+
+USERNAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 
 # POSIX-portable account names, also valid as Slurm user names.
 UserName = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        pattern=USERNAME_PATTERN,
         max_length=32,
         description="lowercase letters, digits, '_' and '-'; 1-32 chars",
         examples=["alice"],
@@ -22,7 +26,7 @@ UserName = Annotated[
 Slug = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$",
+        pattern=SLUG_PATTERN,
         min_length=3,
         max_length=32,
         description="3-32 chars: lowercase letters, digits, '-'; starts with a letter",
@@ -42,6 +46,11 @@ Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 TokenName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ._:@-]{1,64}$", max_length=64)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+
+# Path and query parameters are validated by Litestar's own constraints (msgspec.Meta cannot go there).
+UserNameParam = Annotated[str, PathParameter(pattern=USERNAME_PATTERN, max_length=32)]
+SlugParam = Annotated[str, PathParameter(pattern=SLUG_PATTERN, max_length=32)]
+SlugQuery = Annotated[str | None, QueryParameter(pattern=SLUG_PATTERN, max_length=32)]
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50

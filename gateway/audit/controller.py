@@ -4,26 +4,22 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.actor import Actor
 from gateway.audit import service
 from gateway.audit.schemas import AuditOut
-from gateway.dependencies import ADMIN_DEPENDENCIES
+from gateway.dependencies import ADMIN_DEPENDENCIES, CurrentActor, DbSession
+from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound
-from gateway.schemas import Page, Pagination, Slug
-from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH
+from gateway.schemas import Page, SlugQuery
+from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 from gateway.workspaces.models import Role, Workspace
-from gateway.workspaces.service import WorkspaceAccess
 
-Action = Annotated[
-    str | None, Parameter(max_length=64, description="exact action, or a prefix ending in '.'")
-]
-Name = Annotated[str | None, Parameter(max_length=64)]
+Action = Annotated[str | None, QueryParameter(max_length=64, description="exact action, or a prefix ending in '.'")]
+Name = Annotated[str | None, QueryParameter(max_length=64)]
 # ``actor`` is also the name of the caller dependency, so the query parameter is read into ``by``.
-By = Annotated[str | None, Parameter(query="actor", max_length=64, description="name of the acting user")]
+By = Annotated[str | None, QueryParameter(name="actor", max_length=64, description="name of the acting user")]
 
 
 class AuditController(Controller):
@@ -34,15 +30,15 @@ class AuditController(Controller):
     @get("/")
     async def list_audit(
         self,
-        db_session: AsyncSession,
-        admin: Actor,
-        page: Pagination,
-        workspace: Slug | None = None,
+        db_session: DbSession,
+        admin: CurrentActor,
+        page: PageParams,
+        workspace: SlugQuery = None,
         action: Action = None,
         by: By = None,
         target_type: Name = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> Page[AuditOut]:
         """Platform-wide audit trail, newest first."""
         ws_id = None
@@ -67,13 +63,9 @@ class AuditController(Controller):
                         Workspace.id.in_({e.workspace_id for e in entries if e.workspace_id})
                     )
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
-        return Page(
-            [AuditOut.of(e, slugs.get(e.workspace_id or 0)) for e in entries], total, page.limit, page.offset
-        )
+        return Page([AuditOut.of(e, slugs.get(e.workspace_id or 0)) for e in entries], total, page.limit, page.offset)
 
 
 class WorkspaceAuditController(Controller):
@@ -84,14 +76,14 @@ class WorkspaceAuditController(Controller):
     @get("/")
     async def list_workspace_audit(
         self,
-        db_session: AsyncSession,
-        access: WorkspaceAccess,
-        page: Pagination,
+        db_session: DbSession,
+        access: Access,
+        page: PageParams,
         action: Action = None,
         by: By = None,
         target_type: Name = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> Page[AuditOut]:
         """The workspace's audit trail (owners), newest first."""
         access.require(Role.OWNER)

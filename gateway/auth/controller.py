@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.actor import Actor
 from gateway.auth import service
 from gateway.auth.schemas import TokenCreated, TokenOut, TokenRequest
-from gateway.config import Settings
+from gateway.dependencies import AppSettings, CurrentActor, DbSession
 from gateway.errors import NotFound
 from gateway.users.models import User
 from gateway.users.schemas import UserOut
@@ -31,25 +30,25 @@ class AuthController(Controller):
 
     @post("/", security=[])
     async def create_token(
-        self, db_session: AsyncSession, settings: Settings, data: TokenRequest
+        self, db_session: DbSession, settings: AppSettings, data: JSONBody[TokenRequest]
     ) -> TokenCreated:
         """Exchange a username and password for a bearer token."""
         ttl = data.expires_in_days or settings.token_ttl_days
         return await service.login(db_session, data.username, data.password, name=data.name, ttl_days=ttl)
 
     @get("/")
-    async def list_tokens(self, db_session: AsyncSession, actor: Actor) -> list[TokenOut]:
+    async def list_tokens(self, db_session: DbSession, actor: CurrentActor) -> list[TokenOut]:
         """The caller's live tokens (never their secrets)."""
         return [TokenOut.of(t, actor.token_id) for t in await service.list_tokens(db_session, actor)]
 
     @delete("/")
-    async def revoke_current_token(self, db_session: AsyncSession, actor: Actor) -> None:
+    async def revoke_current_token(self, db_session: DbSession, actor: CurrentActor) -> None:
         """Log out: revoke the token used for this request."""
         assert actor.token_id is not None
         await service.revoke_token(db_session, actor, actor.token_id)
 
     @delete("/{token_id:int}")
-    async def revoke_token(self, db_session: AsyncSession, actor: Actor, token_id: int) -> None:
+    async def revoke_token(self, db_session: DbSession, actor: CurrentActor, token_id: FromPath[int]) -> None:
         """Revoke one of the caller's tokens."""
         await service.revoke_token(db_session, actor, token_id)
 
@@ -59,7 +58,7 @@ class MeController(Controller):
     tags = ["auth"]
 
     @get("/")
-    async def me(self, db_session: AsyncSession, actor: Actor) -> Me:
+    async def me(self, db_session: DbSession, actor: CurrentActor) -> Me:
         """The caller's account and workspace memberships."""
         user = await db_session.get(User, actor.user_id)
         if user is None:
@@ -70,4 +69,4 @@ class MeController(Controller):
             .where(Member.user_id == user.id, Member.deleted_at.is_(None), Workspace.deleted_at.is_(None))
             .order_by(Workspace.slug)
         )
-        return Me(user=UserOut.of(user), workspaces=[Membership(slug, role) for slug, role in rows.tuples()])
+        return Me(user=UserOut.of(user), workspaces=[Membership(slug, role) for slug, role in rows])

@@ -47,11 +47,10 @@ async def issue_token(
     return TokenCreated(token=secret, id=token.id, name=name, prefix=token.prefix, expires_at=expires_at)
 
 
-async def login(
-    session: AsyncSession, username: str, password: str, *, name: str, ttl_days: int
-) -> TokenCreated:
+async def login(session: AsyncSession, username: str, password: str, *, name: str, ttl_days: int) -> TokenCreated:
     """Exchange a password for a token. Every failure looks the same to the caller."""
     user = await session.scalar(select(User).where(User.name == username, User.deleted_at.is_(None)))
+    await session.commit()  # do not hold a transaction (SQLite: the write lock) through the slow hash
     ok = await verify_password(user.password_hash if user else None, password)
     if user is None or not ok or user.disabled:
         raise Unauthorized("invalid username or password")
@@ -88,9 +87,7 @@ async def authenticate(session: AsyncSession, secret: str) -> Actor:
 
 async def list_tokens(session: AsyncSession, actor: Actor) -> list[ApiToken]:
     rows = await session.scalars(
-        select(ApiToken)
-        .where(ApiToken.user_id == actor.user_id, ApiToken.revoked_at.is_(None))
-        .order_by(ApiToken.id)
+        select(ApiToken).where(ApiToken.user_id == actor.user_id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.id)
     )
     now = utcnow()
     return [t for t in rows if t.expires_at is None or t.expires_at > now]

@@ -42,17 +42,14 @@ async def _check_unique(
         if clash is not None and clash != exclude_id:
             raise Conflict(f"user {name!r} already exists", field="name")
     if posix_name is not None:
-        clash = await session.scalar(
-            select(User.id).where(User.deleted_at.is_(None), User.posix_name == posix_name)
-        )
+        clash = await session.scalar(select(User.id).where(User.deleted_at.is_(None), User.posix_name == posix_name))
         if clash is not None and clash != exclude_id:
-            raise Conflict(
-                f"POSIX account {posix_name!r} is already mapped to another user", field="posix_name"
-            )
+            raise Conflict(f"POSIX account {posix_name!r} is already mapped to another user", field="posix_name")
 
 
 async def create_user(session: AsyncSession, actor: Actor, data: UserCreate) -> User:
     posix_name = data.posix_name or data.name
+    password_hash = await hash_password(data.password) if data.password else None  # before the transaction
     await _check_unique(session, name=data.name, posix_name=posix_name)
     user = User(
         name=data.name,
@@ -61,16 +58,14 @@ async def create_user(session: AsyncSession, actor: Actor, data: UserCreate) -> 
         user_type=data.user_type,
         region=data.region,
         is_admin=data.is_admin,
-        password_hash=await hash_password(data.password) if data.password else None,
+        password_hash=password_hash,
     )
     session.add(user)
     try:
         await session.flush()
     except IntegrityError as exc:  # lost a race with a concurrent creation
         await session.rollback()
-        raise Conflict(
-            f"user {data.name!r} or POSIX account {posix_name!r} already exists", field="name"
-        ) from exc
+        raise Conflict(f"user {data.name!r} or POSIX account {posix_name!r} already exists", field="name") from exc
     record(
         session,
         actor,
@@ -95,9 +90,7 @@ async def list_users(
     query = _live()
     if q:
         pattern = f"%{q}%"
-        query = query.where(
-            or_(User.name.ilike(pattern, escape="\\"), User.email.ilike(pattern, escape="\\"))
-        )
+        query = query.where(or_(User.name.ilike(pattern, escape="\\"), User.email.ilike(pattern, escape="\\")))
     if is_admin is not None:
         query = query.where(User.is_admin.is_(is_admin))
     if disabled is not None:
@@ -110,6 +103,7 @@ async def list_users(
 
 
 async def update_user(session: AsyncSession, actor: Actor, name: str, data: UserUpdate) -> User:
+    password_hash = await hash_password(data.password) if data.password is not UNSET else None
     user = await get_user(session, name)
     changes: dict[str, object] = {}
     for field in ("email", "posix_name", "user_type", "region", "is_admin", "disabled"):
@@ -125,8 +119,8 @@ async def update_user(session: AsyncSession, actor: Actor, name: str, data: User
         )
     for field, value in changes.items():
         setattr(user, field, value)
-    if data.password is not UNSET:
-        user.password_hash = await hash_password(data.password)
+    if password_hash is not None:
+        user.password_hash = password_hash
         changes["password"] = "changed"
     if changes.get("disabled") is True:
         await _revoke_all_tokens(session, user.id)
@@ -139,9 +133,7 @@ async def update_user(session: AsyncSession, actor: Actor, name: str, data: User
 
 async def _revoke_all_tokens(session: AsyncSession, user_id: int) -> None:
     await session.execute(
-        update(ApiToken)
-        .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
 
 

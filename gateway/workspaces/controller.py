@@ -3,13 +3,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post, put
-from litestar.di import Provide
-from litestar.params import Parameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.actor import Actor
-from gateway.config import Settings
-from gateway.schemas import Page, Pagination, Slug, UserName
+from gateway.dependencies import AppSettings, CurrentActor, DbSession
+from gateway.dependencies import Page as PageParams
+from gateway.schemas import Page, SlugParam, UserNameParam
 from gateway.workspaces import service
 from gateway.workspaces.models import Role, WorkspaceStatus
 from gateway.workspaces.schemas import (
@@ -25,11 +24,12 @@ from gateway.workspaces.schemas import (
 from gateway.workspaces.service import WorkspaceAccess
 
 
-async def provide_access(db_session: AsyncSession, actor: Actor, ws: Slug) -> WorkspaceAccess:
+async def provide_access(db_session: DbSession, actor: CurrentActor, ws: SlugParam) -> WorkspaceAccess:
     return await service.get_access(db_session, actor, ws)
 
 
 WORKSPACE_DEPENDENCIES = {"access": Provide(provide_access)}
+Access = NamedDependency[WorkspaceAccess]
 WS_PATH = "/api/v1/workspaces/{ws:str}"
 
 
@@ -40,38 +40,36 @@ class WorkspaceController(Controller):
     @get("/")
     async def list_workspaces(
         self,
-        db_session: AsyncSession,
-        actor: Actor,
-        page: Pagination,
-        q: Annotated[str | None, Parameter(max_length=64)] = None,
-        status: WorkspaceStatus | None = None,
-        mine: Annotated[
-            bool, Parameter(description="platform admins: only workspaces they belong to")
-        ] = False,
+        db_session: DbSession,
+        actor: CurrentActor,
+        page: PageParams,
+        q: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        status: FromQuery[WorkspaceStatus | None] = None,
+        mine: Annotated[bool, QueryParameter(description="platform admins: only workspaces they belong to")] = False,
     ) -> Page[WorkspaceOut]:
         rows, total = await service.list_workspaces(db_session, actor, page, q=q, status=status, mine=mine)
         return Page([WorkspaceOut.of(ws, role) for ws, role in rows], total, page.limit, page.offset)
 
     @post("/")
     async def create_workspace(
-        self, db_session: AsyncSession, actor: Actor, settings: Settings, data: WorkspaceCreate
+        self, db_session: DbSession, actor: CurrentActor, settings: AppSettings, data: JSONBody[WorkspaceCreate]
     ) -> WorkspaceOut:
         """Create a workspace; the caller (or ``owner``, for admins) becomes its owner."""
         access = await service.create_workspace(db_session, actor, settings, data)
         return WorkspaceOut.of(access.workspace, access.role)
 
     @get("/{ws:str}", dependencies=WORKSPACE_DEPENDENCIES)
-    async def get_workspace(self, access: WorkspaceAccess) -> WorkspaceOut:
+    async def get_workspace(self, access: Access) -> WorkspaceOut:
         return WorkspaceOut.of(access.workspace, access.role)
 
     @patch("/{ws:str}", dependencies=WORKSPACE_DEPENDENCIES)
     async def update_workspace(
-        self, db_session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate
+        self, db_session: DbSession, access: Access, data: JSONBody[WorkspaceUpdate]
     ) -> WorkspaceOut:
         return WorkspaceOut.of(await service.update_workspace(db_session, access, data), access.role)
 
     @delete("/{ws:str}", dependencies=WORKSPACE_DEPENDENCIES)
-    async def delete_workspace(self, db_session: AsyncSession, access: WorkspaceAccess) -> None:
+    async def delete_workspace(self, db_session: DbSession, access: Access) -> None:
         await service.delete_workspace(db_session, access)
 
 
@@ -82,31 +80,27 @@ class MemberController(Controller):
 
     @get("/")
     async def list_members(
-        self, db_session: AsyncSession, access: WorkspaceAccess, page: Pagination, role: Role | None = None
+        self, db_session: DbSession, access: Access, page: PageParams, role: FromQuery[Role | None] = None
     ) -> Page[MemberOut]:
         rows, total = await service.list_members(db_session, access, page, role)
         return Page([MemberOut.of(m, name) for m, name in rows], total, page.limit, page.offset)
 
     @post("/")
-    async def add_member(
-        self, db_session: AsyncSession, access: WorkspaceAccess, data: MemberCreate
-    ) -> MemberOut:
+    async def add_member(self, db_session: DbSession, access: Access, data: JSONBody[MemberCreate]) -> MemberOut:
         return MemberOut.of(await service.add_member(db_session, access, data), data.username)
 
     @get("/{user:str}")
-    async def get_member(
-        self, db_session: AsyncSession, access: WorkspaceAccess, user: UserName
-    ) -> MemberOut:
+    async def get_member(self, db_session: DbSession, access: Access, user: UserNameParam) -> MemberOut:
         return MemberOut.of(await service.get_member(db_session, access, user), user)
 
     @patch("/{user:str}")
     async def change_role(
-        self, db_session: AsyncSession, access: WorkspaceAccess, user: UserName, data: MemberUpdate
+        self, db_session: DbSession, access: Access, user: UserNameParam, data: JSONBody[MemberUpdate]
     ) -> MemberOut:
         return MemberOut.of(await service.change_role(db_session, access, user, data.role), user)
 
     @delete("/{user:str}")
-    async def remove_member(self, db_session: AsyncSession, access: WorkspaceAccess, user: UserName) -> None:
+    async def remove_member(self, db_session: DbSession, access: Access, user: UserNameParam) -> None:
         """Remove a member, or leave the workspace when ``user`` is the caller."""
         await service.remove_member(db_session, access, user)
 
@@ -117,10 +111,10 @@ class QuotaController(Controller):
     dependencies = WORKSPACE_DEPENDENCIES
 
     @get("/")
-    async def get_quota(self, db_session: AsyncSession, access: WorkspaceAccess) -> QuotaOut:
+    async def get_quota(self, db_session: DbSession, access: Access) -> QuotaOut:
         return QuotaOut.of(await service.get_quota(db_session, access))
 
     @put("/")
-    async def set_quota(self, db_session: AsyncSession, access: WorkspaceAccess, data: QuotaIn) -> QuotaOut:
+    async def set_quota(self, db_session: DbSession, access: Access, data: JSONBody[QuotaIn]) -> QuotaOut:
         """Replace the workspace's limits (``null`` or omitted: unlimited)."""
         return QuotaOut.of(await service.set_quota(db_session, access, data))

@@ -87,9 +87,7 @@ class Quota(TimestampMixin, Base):
 
     __tablename__ = "workspace_quotas"
 
-    workspace_id: Mapped[int] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
-    )
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
     gpus: Mapped[int | None] = mapped_column(default=None)
     """All GPUs at once, whatever their type."""
     gpus_by_type: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

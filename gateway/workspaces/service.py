@@ -50,9 +50,7 @@ async def get_access(session: AsyncSession, actor: Actor, slug: str) -> Workspac
             select(Workspace, Member.role)
             .outerjoin(
                 Member,
-                (Member.workspace_id == Workspace.id)
-                & (Member.user_id == actor.user_id)
-                & Member.deleted_at.is_(None),
+                (Member.workspace_id == Workspace.id) & (Member.user_id == actor.user_id) & Member.deleted_at.is_(None),
             )
             .where(Workspace.slug == slug, Workspace.deleted_at.is_(None))
         )
@@ -89,9 +87,7 @@ async def create_workspace(
     if await session.scalar(_live_workspaces().where(Workspace.slug == data.slug)):
         raise Conflict(f"workspace {data.slug!r} already exists", field="slug")
     if await session.scalar(_live_workspaces().where(Workspace.slurm_account == slurm_account)):
-        raise Conflict(
-            f"Slurm account {slurm_account!r} is already used by another workspace", field="slurm_account"
-        )
+        raise Conflict(f"Slurm account {slurm_account!r} is already used by another workspace", field="slurm_account")
     ws = Workspace(
         slug=data.slug,
         name=data.name,
@@ -130,16 +126,10 @@ async def list_workspaces(
     mine: bool = False,
 ) -> tuple[list[tuple[Workspace, Role | None]], int]:
     """Members see their workspaces; platform admins see all of them unless ``mine``."""
-    membership = (
-        (Member.workspace_id == Workspace.id)
-        & (Member.user_id == actor.user_id)
-        & Member.deleted_at.is_(None)
-    )
+    membership = (Member.workspace_id == Workspace.id) & (Member.user_id == actor.user_id) & Member.deleted_at.is_(None)
     query = select(Workspace, Member.role).where(Workspace.deleted_at.is_(None))
-    if actor.is_admin and not mine:
-        query = query.outerjoin(Member, membership)
-    else:
-        query = query.join(Member, membership)
+    # Admins listing everything see workspaces they are not in (role None); everyone else only their own.
+    query = query.outerjoin(Member, membership) if actor.is_admin and not mine else query.join(Member, membership)
     if q:
         pattern = f"%{q}%"
         query = query.where(or_(Workspace.slug.ilike(pattern), Workspace.name.ilike(pattern)))
@@ -147,12 +137,10 @@ async def list_workspaces(
         query = query.where(Workspace.status == status)
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = await session.execute(query.order_by(Workspace.slug).limit(page.limit).offset(page.offset))
-    return [(ws, role) for ws, role in rows.tuples()], int(total or 0)
+    return [(ws, role) for ws, role in rows], int(total or 0)
 
 
-async def update_workspace(
-    session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate
-) -> Workspace:
+async def update_workspace(session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate) -> Workspace:
     access.require(Role.OWNER)
     if data.status is not UNSET and not access.actor.is_admin:
         raise Forbidden("only platform administrators may change a workspace's status", field="status")
@@ -186,9 +174,7 @@ async def delete_workspace(session: AsyncSession, access: WorkspaceAccess) -> No
         select(Member).where(Member.workspace_id == ws.id, Member.deleted_at.is_(None))
     ):
         member.deleted_at = now
-    record(
-        session, access.actor, "workspace.delete", target_type="workspace", target=ws.slug, workspace_id=ws.id
-    )
+    record(session, access.actor, "workspace.delete", target_type="workspace", target=ws.slug, workspace_id=ws.id)
     await session.commit()
 
 
@@ -208,12 +194,10 @@ async def list_members(
         query = query.where(Member.role == role)
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = await session.execute(query.order_by(User.name).limit(page.limit).offset(page.offset))
-    return [(m, name) for m, name in rows.tuples()], int(total or 0)
+    return [(m, name) for m, name in rows], int(total or 0)
 
 
-async def _member(
-    session: AsyncSession, access: WorkspaceAccess, username: str, *, lock: bool = False
-) -> Member:
+async def _member(session: AsyncSession, access: WorkspaceAccess, username: str, *, lock: bool = False) -> Member:
     query = (
         select(Member)
         .join(User, User.id == Member.user_id)
@@ -311,9 +295,7 @@ async def remove_member(session: AsyncSession, access: WorkspaceAccess, username
     if not leaving:
         _require_owner_for(access, member.role)
     if member.role == Role.OWNER and await _other_owner_count(session, access.workspace.id, member.id) == 0:
-        raise Conflict(
-            "the last owner cannot leave; make someone else owner or delete the workspace", field="username"
-        )
+        raise Conflict("the last owner cannot leave; make someone else owner or delete the workspace", field="username")
     member.deleted_at = utcnow()
     record(
         session,
@@ -340,9 +322,7 @@ async def set_quota(session: AsyncSession, access: WorkspaceAccess, data: QuotaI
     if data.gpus is not None:
         over = {t: n for t, n in data.gpus_by_type.items() if n > data.gpus}
         if over:
-            raise InvalidInput(
-                f"per-type GPU limits exceed the total of {data.gpus}: {over}", field="gpus_by_type"
-            )
+            raise InvalidInput(f"per-type GPU limits exceed the total of {data.gpus}: {over}", field="gpus_by_type")
     quota = await session.get(Quota, access.workspace.id)
     if quota is None:
         quota = Quota(workspace_id=access.workspace.id)
