@@ -83,6 +83,5 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                     )
                 }
             ),
-            security=[{"bearer": []}],
         ),
     )

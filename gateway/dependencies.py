@@ -66,3 +66,6 @@ APP_DEPENDENCIES = {
     "page": Provide(provide_pagination),
 }
 ADMIN_DEPENDENCIES = {"admin": Provide(provide_admin)}
+
+BEARER = [{"bearer": []}]
+"""OpenAPI security requirement of every route that needs a token."""

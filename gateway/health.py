@@ -15,13 +15,13 @@ class Health(msgspec.Struct):
     checks: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@get("/healthz", tags=["health"], security=[])
+@get("/healthz", tags=["health"])
 async def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], security=[])
+@get("/readyz", tags=["health"])
 async def readyz(state: State) -> Response[Health]:
     """Ready to serve: the database answers."""
     database: Database = state.database

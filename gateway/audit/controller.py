@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from gateway.audit import service
 from gateway.audit.schemas import AuditOut
-from gateway.dependencies import ADMIN_DEPENDENCIES, CurrentActor, DbSession
+from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound
 from gateway.schemas import Page, SlugQuery
@@ -25,6 +25,7 @@ By = Annotated[str | None, QueryParameter(name="actor", max_length=64, descripti
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
+    security = BEARER
     dependencies = ADMIN_DEPENDENCIES
 
     @get("/")
@@ -71,6 +72,7 @@ class AuditController(Controller):
 class WorkspaceAuditController(Controller):
     path = WS_PATH + "/audit"
     tags = ["audit"]
+    security = BEARER
     dependencies = WORKSPACE_DEPENDENCIES
 
     @get("/")

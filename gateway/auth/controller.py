@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from gateway.auth import service
 from gateway.auth.schemas import TokenCreated, TokenOut, TokenRequest
-from gateway.dependencies import AppSettings, CurrentActor, DbSession
+from gateway.dependencies import BEARER, AppSettings, CurrentActor, DbSession
 from gateway.errors import NotFound
 from gateway.users.models import User
 from gateway.users.schemas import UserOut
@@ -28,7 +28,7 @@ class AuthController(Controller):
     path = "/api/v1/auth/tokens"
     tags = ["auth"]
 
-    @post("/", security=[])
+    @post("/")
     async def create_token(
         self, db_session: DbSession, settings: AppSettings, data: JSONBody[TokenRequest]
     ) -> TokenCreated:
@@ -36,18 +36,18 @@ class AuthController(Controller):
         ttl = data.expires_in_days or settings.token_ttl_days
         return await service.login(db_session, data.username, data.password, name=data.name, ttl_days=ttl)
 
-    @get("/")
+    @get("/", security=BEARER)
     async def list_tokens(self, db_session: DbSession, actor: CurrentActor) -> list[TokenOut]:
         """The caller's live tokens (never their secrets)."""
         return [TokenOut.of(t, actor.token_id) for t in await service.list_tokens(db_session, actor)]
 
-    @delete("/")
+    @delete("/", security=BEARER)
     async def revoke_current_token(self, db_session: DbSession, actor: CurrentActor) -> None:
         """Log out: revoke the token used for this request."""
         assert actor.token_id is not None
         await service.revoke_token(db_session, actor, actor.token_id)
 
-    @delete("/{token_id:int}")
+    @delete("/{token_id:int}", security=BEARER)
     async def revoke_token(self, db_session: DbSession, actor: CurrentActor, token_id: FromPath[int]) -> None:
         """Revoke one of the caller's tokens."""
         await service.revoke_token(db_session, actor, token_id)
@@ -56,6 +56,7 @@ class AuthController(Controller):
 class MeController(Controller):
     path = "/api/v1/me"
     tags = ["auth"]
+    security = BEARER
 
     @get("/")
     async def me(self, db_session: DbSession, actor: CurrentActor) -> Me:

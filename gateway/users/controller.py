@@ -5,7 +5,7 @@ from typing import Annotated
 from litestar import Controller, delete, get, patch, post
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.dependencies import ADMIN_DEPENDENCIES, CurrentActor, DbSession
+from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.schemas import Page, UserNameParam
 from gateway.users import service
@@ -20,6 +20,7 @@ class UserController(Controller):
 
     path = "/api/v1/users"
     tags = ["users"]
+    security = BEARER
     dependencies = ADMIN_DEPENDENCIES
 
     @get("/")

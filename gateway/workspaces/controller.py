@@ -6,7 +6,7 @@ from litestar import Controller, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.dependencies import AppSettings, CurrentActor, DbSession
+from gateway.dependencies import BEARER, AppSettings, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.schemas import Page, SlugParam, UserNameParam
 from gateway.workspaces import service
@@ -36,6 +36,7 @@ WS_PATH = "/api/v1/workspaces/{ws:str}"
 class WorkspaceController(Controller):
     path = "/api/v1/workspaces"
     tags = ["workspaces"]
+    security = BEARER
 
     @get("/")
     async def list_workspaces(
@@ -76,6 +77,7 @@ class WorkspaceController(Controller):
 class MemberController(Controller):
     path = WS_PATH + "/members"
     tags = ["workspaces"]
+    security = BEARER
     dependencies = WORKSPACE_DEPENDENCIES
 
     @get("/")
@@ -108,6 +110,7 @@ class MemberController(Controller):
 class QuotaController(Controller):
     path = WS_PATH + "/quota"
     tags = ["workspaces"]
+    security = BEARER
     dependencies = WORKSPACE_DEPENDENCIES
 
     @get("/")
