@@ -1,0 +1,80 @@
+# Shared helpers for deploy/dev scripts. Source it; do not run it.
+# shellcheck shell=bash
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+DEV_STATE="${REMOTEGPU_DEV_STATE:-$REPO_ROOT/var/dev}"
+VENV="${REMOTEGPU_VENV:-$REPO_ROOT/.venv}"
+mkdir -p "$DEV_STATE"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+APT_UPDATED=""
+apt_install() {
+    # apt_install PKG...: install the Debian packages that are missing.
+    local missing=()
+    for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "apt-get not found; install by hand: ${missing[*]}"
+    say "installing Debian packages: ${missing[*]}"
+    if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pick_python() {
+    # The first Python >= 3.11 found: $PYTHON, python3, python3.12, python3.11; else Debian's.
+    local candidate
+    for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"; return 0
+        fi
+    done
+    apt_install python3 python3-venv python3-dev
+    command -v python3
+}
+
+ensure_venv() {
+    # ensure_venv [EXTRAS]: the project's virtualenv with its dependencies, reinstalled when pyproject changes.
+    local extras="${1:-dev}" stamp
+    if [ ! -x "$VENV/bin/python" ]; then
+        local py; py="$(pick_python)"
+        say "creating virtualenv $VENV with $py"
+        "$py" -m venv "$VENV" || { apt_install python3-venv; "$py" -m venv "$VENV"; }
+    fi
+    stamp="$VENV/.remotegpu-installed-$extras"
+    if [ ! -f "$stamp" ] || [ "$REPO_ROOT/pyproject.toml" -nt "$stamp" ]; then
+        say "installing remotegpu[$extras] into $VENV"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[$extras]"
+        touch "$stamp"
+    fi
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pid() {
+    # stop_pid PIDFILE NAME: TERM, wait up to 10 s, then KILL; always by PID.
+    local pidfile="$1" name="$2" pid
+    if ! pid_alive "$pidfile"; then rm -f "$pidfile"; return 0; fi
+    pid="$(cat "$pidfile")"
+    say "stopping $name (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+}
+
+wait_http() {
+    # wait_http URL SECONDS
+    local url="$1" deadline=$((SECONDS + ${2:-30}))
+    until "$VENV/bin/python" -c "import sys, httpx; sys.exit(httpx.get('$url', timeout=1).status_code != 200)" 2>/dev/null; do
+        [ $SECONDS -ge $deadline ] && return 1
+        sleep 0.3
+    done
+}
