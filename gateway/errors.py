@@ -39,6 +39,7 @@ class GatewayError(Exception):
     status = 400
     kind = "bad-request"
     title = "Bad request"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, *, field: str | None = None, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
@@ -52,6 +53,7 @@ class InvalidInput(GatewayError):
 
 class Unauthorized(GatewayError):
     status, kind, title = 401, "unauthorized", "Authentication required"
+    headers = {"WWW-Authenticate": 'Bearer realm="remotegpu"'}
 
 
 class Forbidden(GatewayError):
@@ -130,6 +132,7 @@ def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> 
             detail=exc.detail,
             errors=exc.errors,
         ),
+        exc.headers,
     )
 
 

@@ -97,5 +97,5 @@ async def test_role_matrix(
     if expected >= 400:
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["status"] == expected
-    if caller == "anonymous":
-        assert r.headers.get("www-authenticate", "").lower().startswith("bearer") or expected == 401
+    if expected == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
