@@ -67,5 +67,5 @@ APP_DEPENDENCIES = {
 }
 ADMIN_DEPENDENCIES = {"admin": Provide(provide_admin)}
 
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 """OpenAPI security requirement of every route that needs a token."""
