@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -24,6 +25,7 @@ from gateway.observability import RequestContextMiddleware
 from gateway.users.controller import UserController
 from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
 
+LOGIN_PATH = "/api/v1/auth/tokens"
 CONTROLLERS = [
     AuthController,
     MeController,
@@ -62,11 +64,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         exclude_unhandled_paths=True,
         exclude=["/metrics"],
     )
+    # Slow down password guessing: only the login route is throttled (every other path bypasses this).
+    login_throttle = RateLimitConfig(
+        rate_limit=("minute", settings.login_attempts_per_minute),
+        exclude=[r"^/(?!api/v1/auth/tokens/?$)."],
+        check_throttle_handler=lambda request: request.method == "POST" and request.url.path.startswith(LOGIN_PATH),
+    )
     return Litestar(
         route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, prometheus.middleware],
+        middleware=[RequestContextMiddleware, prometheus.middleware, login_throttle.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "database": db}),
         request_max_body_size=settings.max_body_bytes,

@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     log_format: Literal["json", "console"] = "json"
     token_ttl_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 90
     """Lifetime of API tokens when the request does not ask for one."""
+    login_attempts_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """Password logins allowed per client address and minute (per gateway process); more get 429."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     workspace_creation: Literal["any", "admin"] = "any"
     """Who may create workspaces: any active user (who becomes its owner) or platform admins only."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import msgspec
 import pytest
 
 from gateway.app import create_app
@@ -85,3 +86,19 @@ async def test_openapi_documents_every_route_with_bearer_auth(client: httpx.Asyn
     assert "security" not in spec["paths"]["/api/v1/auth/tokens"]["post"]  # login needs no token
     assert spec["paths"]["/api/v1/auth/tokens"]["get"]["security"] == [{"bearer": []}]
     assert spec["paths"]["/api/v1/workspaces/{ws}"]["get"]["security"] == [{"bearer": []}]
+
+
+async def test_password_guessing_is_throttled(settings: Settings, clean_database: Database) -> None:
+    throttled = msgspec.structs.replace(settings, login_attempts_per_minute=3)
+    app = create_app(throttled, database=clean_database)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        codes = [
+            (await c.post("/api/v1/auth/tokens", json={"username": "x", "password": "guess"})).status_code
+            for _ in range(4)
+        ]
+        assert codes == [401, 401, 401, 429]
+        last = await c.post("/api/v1/auth/tokens", json={"username": "x", "password": "guess"})
+        assert last.headers["content-type"] == "application/problem+json"
+        assert "ratelimit-reset" in last.headers
+        # other routes are not throttled
+        assert [(await c.get("/healthz")).status_code for _ in range(5)] == [200] * 5
