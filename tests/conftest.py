@@ -10,10 +10,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import psycopg
 import pytest
+from litestar import Litestar
 from sqlalchemy import delete
 
 from gateway.actor import Actor
@@ -97,11 +99,15 @@ async def clean_database(database: Database) -> AsyncIterator[Database]:
     yield database
 
 
+def asgi_client(app: Litestar) -> httpx.AsyncClient:
+    """An HTTP client that calls the app in-process (no socket)."""
+    transport = httpx.ASGITransport(app=cast(Any, app))  # Litestar's precise ASGI types vs httpx's loose ones
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+
+
 @pytest.fixture
 async def client(settings: Settings, clean_database: Database) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, database=clean_database)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+    async with asgi_client(create_app(settings, database=clean_database)) as c:
         yield c
 
 

@@ -9,7 +9,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.db.session import Database
-from tests.conftest import UserFactory
+from tests.conftest import UserFactory, asgi_client
 
 
 async def test_request_id_is_returned_and_kept_when_well_formed(client: httpx.AsyncClient) -> None:
@@ -54,7 +54,7 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     database = Database(settings.database_url)
     app = create_app(settings, database=database)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        async with asgi_client(app) as c:
             r = await c.get("/readyz")
             assert r.status_code == 503
             assert r.json()["status"] == "unavailable"
@@ -91,7 +91,7 @@ async def test_openapi_documents_every_route_with_bearer_auth(client: httpx.Asyn
 async def test_password_guessing_is_throttled(settings: Settings, clean_database: Database) -> None:
     throttled = msgspec.structs.replace(settings, login_attempts_per_minute=3)
     app = create_app(throttled, database=clean_database)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with asgi_client(app) as c:
         codes = [
             (await c.post("/api/v1/auth/tokens", json={"username": "x", "password": "guess"})).status_code
             for _ in range(4)

@@ -9,7 +9,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.db.session import Database
-from tests.conftest import UserFactory
+from tests.conftest import UserFactory, asgi_client
 
 WS = "/api/v1/workspaces"
 
@@ -80,7 +80,7 @@ async def test_admin_only_workspace_creation_setting(
     locked = msgspec.structs.replace(settings, workspace_creation="admin")
     app = create_app(locked, database=clean_database)
     alice, root = await make_user("alice"), await make_user("root", admin=True)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with asgi_client(app) as c:
         assert (await _create(c, alice, "nope")).status_code == 403
         assert (await _create(c, root, "yes")).status_code == 201
 
