@@ -11,9 +11,10 @@ from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from gateway import __version__
+from gateway.access_cache import ACCESS_CACHE
 from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
 from gateway.config import Settings, load_settings
@@ -46,6 +47,7 @@ class MetricsController(PrometheusController):
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Litestar:
     """Build the gateway. ``database`` lets tests share one engine; otherwise one is made from settings."""
     settings = settings or load_settings()
+    ACCESS_CACHE.configure(settings.access_cache_seconds)
     owns_database = database is None
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
 
@@ -57,13 +59,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             if owns_database:
                 await db.dispose()
 
-    prometheus = PrometheusConfig(
-        app_name="remotegpu",
-        prefix="remotegpu",
-        group_path=True,
-        exclude_unhandled_paths=True,
-        exclude=["/metrics"],
-    )
     # Slow down password guessing: only the login route is throttled (every other path bypasses this).
     login_throttle = RateLimitConfig(
         rate_limit=("minute", settings.login_attempts_per_minute),
@@ -74,7 +69,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, prometheus.middleware, login_throttle.middleware],
+        middleware=[RequestContextMiddleware, login_throttle.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "database": db}),
         request_max_body_size=settings.max_body_bytes,

@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     log_format: Literal["json", "console"] = "json"
     token_ttl_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 90
     """Lifetime of API tokens when the request does not ask for one."""
+    access_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    """How long a process may reuse a token's identity and workspace role before asking the database again;
+    changes made through this process take effect at once, through others within this time. 0 disables."""
     login_attempts_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 30
     """Password logins allowed per client address and minute (per gateway process); more get 429."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024

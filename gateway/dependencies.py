@@ -24,13 +24,18 @@ CurrentActor = NamedDependency[Actor]
 AppSettings = NamedDependency[Settings]
 Page = NamedDependency[Pagination]
 
-_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def provide_db_session(request: Request[object, object, State]) -> AsyncIterator[AsyncSession]:
     database: Database = request.app.state.database
-    async with database.session(write=request.method not in _READ_METHODS) as session:
+    session = database.session(write=request.method not in READ_METHODS)
+    try:
         yield session
+    finally:
+        # Requests answered from the access cache never touch the session: skip the (greenlet) close.
+        if session.sync_session.in_transaction() or session.sync_session.identity_map:
+            await session.close()
 
 
 def provide_settings(state: State) -> Settings:

@@ -1,4 +1,4 @@
-"""Structured JSON logs carrying a per-request id, and the request-id middleware."""
+"""Structured JSON logs carrying a per-request id; request metrics; the middleware that does both."""
 
 from __future__ import annotations
 
@@ -12,11 +12,17 @@ from typing import Any
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import Counter, Histogram
 
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 access_log = structlog.get_logger("gateway.access")
+
+REQUESTS = Counter("remotegpu_requests_total", "HTTP requests", ["method", "path", "status_code"])
+REQUEST_SECONDS = Histogram("remotegpu_request_duration_seconds", "HTTP request latency", ["method", "path"])
+UNMATCHED = "<unmatched>"
+"""Path label of requests that matched no route, so random URLs cannot blow up the label set."""
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -29,7 +35,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     ]
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a disabled level costs one check, not the whole processor chain.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -66,10 +73,14 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class RequestContextMiddleware:
-    """Pure ASGI middleware: request id into scope state, log context and response header; access log."""
+    """Pure ASGI middleware: request id into scope state, log context and response header; access log;
+    request count and latency by method, route template and status."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # prometheus_client's .labels() is comparatively slow; keep the children we have made.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -93,10 +104,26 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                elapsed = time.perf_counter() - started
+                self._observe(scope, status, elapsed)
                 access_log.info(
                     "request",
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        path = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router once a route matched
+        if path == "/metrics":
+            return
+        method = str(scope.get("method", ""))
+        counter = self._counters.get((method, path, status))
+        if counter is None:
+            counter = self._counters[(method, path, status)] = REQUESTS.labels(method, path, str(status))
+        histogram = self._histograms.get((method, path))
+        if histogram is None:
+            histogram = self._histograms[(method, path)] = REQUEST_SECONDS.labels(method, path)
+        counter.inc()
+        histogram.observe(elapsed)

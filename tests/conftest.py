@@ -18,6 +18,7 @@ import pytest
 from litestar import Litestar
 from sqlalchemy import delete
 
+from gateway.access_cache import ACCESS_CACHE
 from gateway.actor import Actor
 from gateway.app import create_app
 from gateway.auth.service import issue_token
@@ -96,6 +97,7 @@ async def clean_database(database: Database) -> AsyncIterator[Database]:
         for table in reversed(Base.metadata.sorted_tables):
             await session.execute(delete(table))
         await session.commit()
+    ACCESS_CACHE.invalidate()  # ids may be reused by the next test's rows
     yield database
 
 

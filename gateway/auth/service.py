@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.access_cache import ACCESS_CACHE, ACCESS_NEUTRAL
 from gateway.actor import Actor
 from gateway.audit.service import record
 from gateway.auth.models import ApiToken
@@ -60,15 +61,23 @@ async def login(session: AsyncSession, username: str, password: str, *, name: st
 
 
 async def authenticate(session: AsyncSession, secret: str) -> Actor:
-    """Resolve a bearer token to its actor, in one query; refresh last-use at most once a minute."""
+    """Resolve a bearer token to its actor: from the access cache, else in one query.
+
+    Last use is refreshed at most once a minute (and only on cache misses).
+    """
     if not looks_like_token(secret):
         raise Unauthorized("invalid or expired token")
+    digest = token_hash(secret)
+    return await ACCESS_CACHE.actor(digest, lambda: _load_actor(session, digest))
+
+
+async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, datetime | None]:
     row = (
         await session.execute(
             select(ApiToken.id, ApiToken.expires_at, ApiToken.last_used_at, User.id, User.name, User.is_admin)
             .join(User, User.id == ApiToken.user_id)
             .where(
-                ApiToken.token_hash == token_hash(secret),
+                ApiToken.token_hash == digest,
                 ApiToken.revoked_at.is_(None),
                 User.deleted_at.is_(None),
                 User.disabled.is_(False),
@@ -78,11 +87,14 @@ async def authenticate(session: AsyncSession, secret: str) -> Actor:
     now = utcnow()
     if row is None or (row[1] is not None and row[1] <= now):
         raise Unauthorized("invalid or expired token")
-    token_id, _, last_used, user_id, user_name, is_admin = row
+    token_id, expires_at, last_used, user_id, user_name, is_admin = row
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
-        await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        await session.execute(
+            update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now),
+            execution_options={ACCESS_NEUTRAL: True},  # bookkeeping: does not change who may do what
+        )
         await session.commit()
-    return Actor(name=user_name, user_id=user_id, is_admin=is_admin, token_id=token_id)
+    return Actor(name=user_name, user_id=user_id, is_admin=is_admin, token_id=token_id), expires_at
 
 
 async def list_tokens(session: AsyncSession, actor: Actor) -> list[ApiToken]:

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.dependencies import BEARER, AppSettings, CurrentActor, DbSession
+from gateway.dependencies import BEARER, READ_METHODS, AppSettings, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.schemas import Page, SlugParam, UserNameParam
 from gateway.workspaces import service
@@ -24,8 +25,10 @@ from gateway.workspaces.schemas import (
 from gateway.workspaces.service import WorkspaceAccess
 
 
-async def provide_access(db_session: DbSession, actor: CurrentActor, ws: SlugParam) -> WorkspaceAccess:
-    return await service.get_access(db_session, actor, ws)
+async def provide_access(
+    request: Request[object, object, State], db_session: DbSession, actor: CurrentActor, ws: SlugParam
+) -> WorkspaceAccess:
+    return await service.get_access(db_session, actor, ws, cached=request.method in READ_METHODS)
 
 
 WORKSPACE_DEPENDENCIES = {"access": Provide(provide_access)}

@@ -13,6 +13,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.access_cache import ACCESS_CACHE
 from gateway.actor import Actor
 from gateway.audit.service import record
 from gateway.config import Settings
@@ -43,8 +44,19 @@ def _live_workspaces() -> Select[Workspace]:
     return select(Workspace).where(Workspace.deleted_at.is_(None))
 
 
-async def get_access(session: AsyncSession, actor: Actor, slug: str) -> WorkspaceAccess:
-    """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin."""
+async def get_access(session: AsyncSession, actor: Actor, slug: str, *, cached: bool = False) -> WorkspaceAccess:
+    """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin.
+
+    ``cached``: read-only callers may get a snapshot from the access cache (never used to write).
+    """
+    if cached:
+        workspace, role = await ACCESS_CACHE.workspace(actor.user_id, slug, lambda: _load_access(session, actor, slug))
+    else:
+        workspace, role = await _load_access(session, actor, slug)
+    return WorkspaceAccess(workspace=workspace, role=role, actor=actor)
+
+
+async def _load_access(session: AsyncSession, actor: Actor, slug: str) -> tuple[Workspace, Role | None]:
     row = (
         await session.execute(
             select(Workspace, Member.role)
@@ -57,7 +69,7 @@ async def get_access(session: AsyncSession, actor: Actor, slug: str) -> Workspac
     ).first()
     if row is None or (row[1] is None and not actor.is_admin):
         raise NotFound(f"workspace {slug!r} not found")
-    return WorkspaceAccess(workspace=row[0], role=row[1], actor=actor)
+    return row[0], row[1]
 
 
 async def _active_user(session: AsyncSession, name: str, field: str) -> User:

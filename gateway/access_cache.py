@@ -1,0 +1,121 @@
+"""A short-lived, per-process cache of who a token is and what role it has in a workspace.
+
+Every authenticated request needs both answers; asking the database each time costs more than the rest of
+the request. Entries live ``ttl`` seconds (setting ``access_cache_seconds``; 0 turns the cache off) and the
+whole cache is dropped whenever a transaction in this process commits a change to users, tokens, workspaces
+or members. Other processes see such a change within ``ttl`` seconds. Concurrent misses on one key share a
+single database lookup, so an expiring entry under load costs one query, not one per waiting request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from datetime import datetime
+from itertools import chain
+from typing import Any, TypeVar
+
+from cachetools import TTLCache
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+
+from gateway.actor import Actor
+from gateway.auth.models import ApiToken
+from gateway.db.base import utcnow
+from gateway.users.models import User
+from gateway.workspaces.models import Member, Role, Workspace
+
+T = TypeVar("T")
+_WATCHED = (User, ApiToken, Member, Workspace)
+_CHANGED = "remotegpu_access_changed"
+ACCESS_NEUTRAL = "remotegpu_access_neutral"
+"""Execution option marking a bulk update that cannot change access (e.g. a token's last-use time)."""
+
+
+class AccessCache:
+    def __init__(self, ttl: float = 5.0, maxsize: int = 20_000) -> None:
+        self.configure(ttl, maxsize)
+
+    def configure(self, ttl: float, maxsize: int = 20_000) -> None:
+        self.ttl = ttl
+        self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
+        self._actors: TTLCache[str, tuple[Actor, datetime | None]] = TTLCache(maxsize, ttl or 1)
+        self._workspaces: TTLCache[tuple[int | None, str], tuple[Workspace, Role | None]] = TTLCache(maxsize, ttl or 1)
+
+    async def actor(self, token_hash: str, load: Callable[[], Awaitable[tuple[Actor, datetime | None]]]) -> Actor:
+        """The token's actor, from the cache or ``load()`` (which raises for an unknown token)."""
+        hit = self._actors.get(token_hash)
+        if hit is None or (hit[1] is not None and hit[1] <= utcnow()):
+            hit = await self._single_flight(("actor", token_hash), load)
+            if self.ttl > 0:
+                self._actors[token_hash] = hit
+        return hit[0]
+
+    async def workspace(
+        self, user_id: int | None, slug: str, load: Callable[[], Awaitable[tuple[Workspace, Role | None]]]
+    ) -> tuple[Workspace, Role | None]:
+        """A read-only snapshot of the workspace and the user's role in it, from the cache or ``load()``."""
+        hit = self._workspaces.get((user_id, slug))
+        if hit is None:
+            hit = await self._single_flight(("workspace", user_id, slug), load)
+            if self.ttl > 0:
+                self._workspaces[(user_id, slug)] = hit
+        return hit
+
+    def invalidate(self) -> None:
+        self._actors.clear()
+        self._workspaces.clear()
+
+    async def _single_flight(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        # The futures are dropped from every frame before leaving it: a failure's traceback references these
+        # frames, and a future -> exception -> traceback -> frame -> future cycle would keep the loader's
+        # database session (and its pooled connection) alive until the garbage collector runs.
+        pending = self._inflight.get(key)
+        if pending is not None:
+            try:
+                result: T = await asyncio.shield(pending)
+                return result
+            finally:
+                del pending
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so an unwaited failure is not reported as lost
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._inflight[key], future
+
+
+ACCESS_CACHE = AccessCache()
+
+
+@event.listens_for(Session, "before_flush")
+def _note_unit_of_work_changes(session: Session, _ctx: UOWTransaction, _instances: Any) -> None:
+    if any(isinstance(obj, _WATCHED) for obj in chain(session.new, session.dirty, session.deleted)):
+        session.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_bulk_changes(state: ORMExecuteState) -> None:
+    if state.execution_options.get(ACCESS_NEUTRAL):
+        return
+    mapper = state.bind_mapper
+    if (state.is_update or state.is_delete) and mapper is not None and issubclass(mapper.class_, _WATCHED):
+        state.session.info[_CHANGED] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _invalidate_after_commit(session: Session) -> None:
+    if session.info.pop(_CHANGED, False):
+        ACCESS_CACHE.invalidate()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
+    session.info.pop(_CHANGED, None)
