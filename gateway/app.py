@@ -19,7 +19,7 @@ from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
 from gateway.config import Settings, load_settings
 from gateway.db.session import Database
-from gateway.dependencies import APP_DEPENDENCIES
+from gateway.dependencies import APP_DEPENDENCIES, SessionCleanupMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health import healthz, readyz
 from gateway.observability import RequestContextMiddleware
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, login_throttle.middleware],
+        middleware=[RequestContextMiddleware, SessionCleanupMiddleware, login_throttle.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "database": db}),
         request_max_body_size=settings.max_body_bytes,

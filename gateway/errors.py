@@ -92,7 +92,9 @@ def field_of(key: str | None, message: str) -> str:
     """
     at = _AT_PATH.search(message)
     if at and at.group(1):
-        return at.group(1)
+        return at.group(1).replace("[...]", "")
+    if key:
+        key = key.replace("[...]", "")  # msgspec's marker for "some value of this mapping"
     if message.startswith(("Object contains unknown field", "Object missing required field")):
         names = _BACKTICK.findall(message)
         if names:
