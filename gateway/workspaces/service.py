@@ -96,9 +96,15 @@ async def create_workspace(
     else:
         raise InvalidInput("an owner is required when no user is acting", field="owner")
     slurm_account = data.slurm_account or data.slug
-    if await session.scalar(_live_workspaces().where(Workspace.slug == data.slug)):
+    # One query, one snapshot: losing a race for a slug is reported as a slug clash, never as its account's.
+    clashes = (
+        await session.scalars(
+            _live_workspaces().where(or_(Workspace.slug == data.slug, Workspace.slurm_account == slurm_account))
+        )
+    ).all()
+    if any(w.slug == data.slug for w in clashes):
         raise Conflict(f"workspace {data.slug!r} already exists", field="slug")
-    if await session.scalar(_live_workspaces().where(Workspace.slurm_account == slurm_account)):
+    if clashes:
         raise Conflict(f"Slurm account {slurm_account!r} is already used by another workspace", field="slurm_account")
     ws = Workspace(
         slug=data.slug,
