@@ -4,11 +4,13 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 from sqlalchemy import select
 
 from gateway.audit import service
 from gateway.audit.schemas import AuditOut
+from gateway.audit.service import AuditFilter
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound
@@ -22,11 +24,25 @@ Name = Annotated[str | None, QueryParameter(max_length=64)]
 By = Annotated[str | None, QueryParameter(name="actor", max_length=64, description="name of the acting user")]
 
 
+async def provide_filter(
+    action: Action = None,
+    by: By = None,
+    target_type: Name = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+) -> AuditFilter:
+    return AuditFilter(action=action, actor=by, target_type=target_type, since=since, until=until)
+
+
+FILTER = {"filters": Provide(provide_filter)}
+Filters = NamedDependency[AuditFilter]
+
+
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
     security = BEARER
-    dependencies = ADMIN_DEPENDENCIES
+    dependencies = {**ADMIN_DEPENDENCIES, **FILTER}
 
     @get("/")
     async def list_audit(
@@ -34,12 +50,8 @@ class AuditController(Controller):
         db_session: DbSession,
         admin: CurrentActor,
         page: PageParams,
+        filters: Filters,
         workspace: SlugQuery = None,
-        action: Action = None,
-        by: By = None,
-        target_type: Name = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
     ) -> Page[AuditOut]:
         """Platform-wide audit trail, newest first."""
         ws_id = None
@@ -47,56 +59,21 @@ class AuditController(Controller):
             ws_id = await db_session.scalar(select(Workspace.id).where(Workspace.slug == workspace))
             if ws_id is None:
                 raise NotFound(f"workspace {workspace!r} not found", field="workspace")
-        entries, total = await service.list_entries(
-            db_session,
-            page,
-            workspace_id=ws_id,
-            action=action,
-            actor=by,
-            target_type=target_type,
-            since=since,
-            until=until,
-        )
-        slugs = dict(
-            (
-                await db_session.execute(
-                    select(Workspace.id, Workspace.slug).where(
-                        Workspace.id.in_({e.workspace_id for e in entries if e.workspace_id})
-                    )
-                )
-            ).all()
-        )
-        return Page([AuditOut.of(e, slugs.get(e.workspace_id or 0)) for e in entries], total, page.limit, page.offset)
+        rows, total = await service.list_entries(db_session, page, filters, workspace_id=ws_id)
+        return Page([AuditOut.of(entry, slug) for entry, slug in rows], total, page.limit, page.offset)
 
 
 class WorkspaceAuditController(Controller):
     path = WS_PATH + "/audit"
     tags = ["audit"]
     security = BEARER
-    dependencies = WORKSPACE_DEPENDENCIES
+    dependencies = {**WORKSPACE_DEPENDENCIES, **FILTER}
 
     @get("/")
     async def list_workspace_audit(
-        self,
-        db_session: DbSession,
-        access: Access,
-        page: PageParams,
-        action: Action = None,
-        by: By = None,
-        target_type: Name = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        self, db_session: DbSession, access: Access, page: PageParams, filters: Filters
     ) -> Page[AuditOut]:
         """The workspace's audit trail (owners), newest first."""
         access.require(Role.OWNER)
-        entries, total = await service.list_entries(
-            db_session,
-            page,
-            workspace_id=access.workspace.id,
-            action=action,
-            actor=by,
-            target_type=target_type,
-            since=since,
-            until=until,
-        )
-        return Page([AuditOut.of(e, access.workspace.slug) for e in entries], total, page.limit, page.offset)
+        rows, total = await service.list_entries(db_session, page, filters, workspace_id=access.workspace.id)
+        return Page([AuditOut.of(entry, slug) for entry, slug in rows], total, page.limit, page.offset)

@@ -8,13 +8,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import structlog
-from sqlalchemy import Select, func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.actor import Actor
 from gateway.audit.models import AuditEntry
+from gateway.db.paging import count_rows, page_of
 from gateway.schemas import Pagination
+from gateway.workspaces.models import Workspace
+
+
+class AuditFilter(msgspec.Struct, frozen=True):
+    action: str | None = None
+    """An exact action, or a prefix ending in '.' (``workspace.`` matches every workspace action)."""
+    actor: str | None = None
+    target_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 def record(
@@ -43,34 +55,27 @@ def record(
 
 
 async def list_entries(
-    session: AsyncSession,
-    page: Pagination,
-    *,
-    workspace_id: int | None = None,
-    action: str | None = None,
-    actor: str | None = None,
-    target_type: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> tuple[list[AuditEntry], int]:
-    query: Select[AuditEntry] = select(AuditEntry)
+    session: AsyncSession, page: Pagination, filters: AuditFilter, *, workspace_id: int | None = None
+) -> tuple[list[tuple[AuditEntry, str | None]], int]:
+    """Entries newest first, each with its workspace's slug."""
+    query = select(AuditEntry, Workspace.slug).outerjoin(Workspace, Workspace.id == AuditEntry.workspace_id)
     if workspace_id is not None:
         query = query.where(AuditEntry.workspace_id == workspace_id)
-    if action:
-        # "workspace." matches every workspace action.
+    if filters.action:
+        action = AuditEntry.action
         query = query.where(
-            AuditEntry.action.startswith(action, autoescape=True)
-            if action.endswith(".")
-            else AuditEntry.action == action
+            action.startswith(filters.action, autoescape=True)
+            if filters.action.endswith(".")
+            else action == filters.action
         )
-    if actor:
-        query = query.where(AuditEntry.actor_name == actor)
-    if target_type:
-        query = query.where(AuditEntry.target_type == target_type)
-    if since:
-        query = query.where(AuditEntry.at >= since)
-    if until:
-        query = query.where(AuditEntry.at < until)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(AuditEntry.id.desc()).limit(page.limit).offset(page.offset))
-    return list(rows), int(total or 0)
+    if filters.actor:
+        query = query.where(AuditEntry.actor_name == filters.actor)
+    if filters.target_type:
+        query = query.where(AuditEntry.target_type == filters.target_type)
+    if filters.since:
+        query = query.where(AuditEntry.at >= filters.since)
+    if filters.until:
+        query = query.where(AuditEntry.at < filters.until)
+    total = await count_rows(session, query)
+    rows = await session.execute(page_of(query.order_by(AuditEntry.id.desc()), page))
+    return [(entry, slug) for entry, slug in rows], total

@@ -12,6 +12,7 @@ from gateway.audit.service import record
 from gateway.auth.models import ApiToken
 from gateway.auth.passwords import hash_password
 from gateway.db.base import utcnow
+from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.schemas import Pagination
 from gateway.users.models import User, UserType
@@ -97,9 +98,9 @@ async def list_users(
         query = query.where(User.disabled.is_(disabled))
     if user_type is not None:
         query = query.where(User.user_type == user_type)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(User.name).limit(page.limit).offset(page.offset))
-    return list(rows), int(total or 0)
+    total = await count_rows(session, query)
+    rows = await session.scalars(page_of(query.order_by(User.name), page))
+    return list(rows), total
 
 
 async def update_user(session: AsyncSession, actor: Actor, name: str, data: UserUpdate) -> User:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from msgspec import UNSET
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +18,7 @@ from gateway.actor import Actor
 from gateway.audit.service import record
 from gateway.config import Settings
 from gateway.db.base import utcnow
+from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.schemas import Pagination
 from gateway.users.models import User
@@ -153,9 +154,9 @@ async def list_workspaces(
         query = query.where(or_(Workspace.slug.ilike(pattern), Workspace.name.ilike(pattern)))
     if status is not None:
         query = query.where(Workspace.status == status)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.execute(query.order_by(Workspace.slug).limit(page.limit).offset(page.offset))
-    return [(ws, role) for ws, role in rows], int(total or 0)
+    total = await count_rows(session, query)
+    rows = await session.execute(page_of(query.order_by(Workspace.slug), page))
+    return [(ws, role) for ws, role in rows], total
 
 
 async def update_workspace(session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate) -> Workspace:
@@ -210,9 +211,9 @@ async def list_members(
     )
     if role is not None:
         query = query.where(Member.role == role)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.execute(query.order_by(User.name).limit(page.limit).offset(page.offset))
-    return [(m, name) for m, name in rows], int(total or 0)
+    total = await count_rows(session, query)
+    rows = await session.execute(page_of(query.order_by(User.name), page))
+    return [(m, name) for m, name in rows], total
 
 
 async def _member(session: AsyncSession, access: WorkspaceAccess, username: str, *, lock: bool = False) -> Member:
