@@ -1,0 +1,56 @@
+"""What the gateway needs from Slurm, whatever the transport (CLI tools or slurmrestd)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+import msgspec
+
+from slurm.records import AccountingRecord, Association, Job
+
+
+class Submission(msgspec.Struct, frozen=True, kw_only=True):
+    """A batch script to run as ``user`` under ``account``. Options are sbatch long options without ``--``."""
+
+    user: str
+    account: str
+    script: str
+    work_dir: str
+    options: Mapping[str, str | None] = msgspec.field(default_factory=dict)
+    """e.g. ``{"comment": "rgpu:42", "partition": "gpu", "hold": None}`` (None: a flag)."""
+
+
+class SlurmClient(Protocol):
+    async def submit(self, submission: Submission) -> int:
+        """Submit and return the Slurm job id; raises a ``SubmitRejected`` subclass when sbatch refuses."""
+        ...
+
+    async def cancel(self, job_id: int, *, user: str) -> None: ...
+
+    async def hold(self, job_id: int, *, user: str) -> None: ...
+
+    async def release(self, job_id: int, *, user: str) -> None: ...
+
+    async def jobs(self) -> list[Job]:
+        """Every job the controller knows, in one call (the poller's snapshot)."""
+        ...
+
+    async def accounting(self, since: datetime) -> list[AccountingRecord]:
+        """Accounting records of every job active or ended since ``since``, in one call."""
+        ...
+
+    async def ensure_account(self, account: str, *, description: str = "") -> None: ...
+
+    async def ensure_association(self, user: str, account: str) -> None: ...
+
+    async def set_account_limits(self, account: str, grp_tres: Mapping[str, int | None]) -> None:
+        """GrpTRES of the account; ``None`` lifts a limit."""
+        ...
+
+    async def remove_association(self, user: str, account: str) -> None: ...
+
+    async def remove_account(self, account: str) -> None: ...
+
+    async def associations(self, account: str | None = None) -> list[Association]: ...
