@@ -22,9 +22,13 @@ from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES, SessionCleanupMiddleware
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health import healthz, readyz
+from gateway.jobs.controller import JobController
+from gateway.jobs.service import JobService
 from gateway.observability import RequestContextMiddleware
 from gateway.users.controller import UserController
 from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
+from slurm.cli import CliSlurmClient
+from slurm.client import SlurmClient
 
 LOGIN_PATH = "/api/v1/auth/tokens"
 CONTROLLERS = [
@@ -36,6 +40,7 @@ CONTROLLERS = [
     QuotaController,
     AuditController,
     WorkspaceAuditController,
+    JobController,
 ]
 
 
@@ -44,9 +49,12 @@ class MetricsController(PrometheusController):
     include_in_schema = False
 
 
-def create_app(settings: Settings | None = None, database: Database | None = None) -> Litestar:
-    """Build the gateway. ``database`` lets tests share one engine; otherwise one is made from settings."""
+def create_app(
+    settings: Settings | None = None, database: Database | None = None, slurm: SlurmClient | None = None
+) -> Litestar:
+    """Build the gateway. ``database`` and ``slurm`` let tests share them; otherwise made from settings."""
     settings = settings or load_settings()
+    slurm = slurm or CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as)
     ACCESS_CACHE.configure(settings.access_cache_seconds)
     owns_database = database is None
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
@@ -71,7 +79,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContextMiddleware, SessionCleanupMiddleware, login_throttle.middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "database": db}),
+        state=State({"settings": settings, "database": db, "jobs": JobService(slurm, settings)}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=OpenAPIConfig(

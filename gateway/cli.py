@@ -91,6 +91,39 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bo
     )
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="Run one poll cycle and exit.")
+@click.pass_context
+def worker(ctx: click.Context, once: bool) -> None:
+    """Run the background loops: the job poller (one squeue per cycle for every job of the cluster)."""
+    import structlog
+
+    from gateway.jobs.poller import Poller
+    from gateway.observability import configure_logging
+    from slurm.cli import CliSlurmClient
+
+    settings = _settings(ctx)
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("gateway.worker")
+
+    async def run(database: Database) -> None:
+        poller = Poller(database, CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as))
+        while True:
+            result = await poller.poll_once()
+            log.info(
+                "poll",
+                changed=result.changed,
+                adopted=result.adopted,
+                reachable=result.reachable,
+                orphans_cancelled=result.orphans_cancelled,
+            )
+            if once:
+                return
+            await asyncio.sleep(settings.poll_interval_seconds)
+
+    _run_db(settings, run)
+
+
 @main.group()
 def db() -> None:
     """Database schema (Alembic migrations)."""

@@ -53,6 +53,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     workspace_creation: Literal["any", "admin"] = "any"
     """Who may create workspaces: any active user (who becomes its owner) or platform admins only."""
     default_currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "CNY"
+    slurm_conf: str | None = None
+    """slurm.conf of the cluster (``SLURM_CONF`` for Slurm's commands); None: Slurm's default."""
+    slurm_run_as: Literal["runuser", "sudo"] = "runuser"
+    """How user work is started as the user: ``runuser`` (gateway runs as root) or ``sudo -n -u``."""
+    slurm_container_runtime: Literal["pyxis", "apptainer"] | None = None
+    """Container runtime of the cluster; None: jobs asking for an image are refused."""
+    poll_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
     @property
     def database_url_redacted(self) -> str:

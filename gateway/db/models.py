@@ -3,7 +3,8 @@
 from gateway.audit.models import AuditEntry
 from gateway.auth.models import ApiToken
 from gateway.db.base import Base
+from gateway.jobs.models import TrainingJob
 from gateway.users.models import User
 from gateway.workspaces.models import Member, Quota, Workspace
 
-__all__ = ["ApiToken", "AuditEntry", "Base", "Member", "Quota", "User", "Workspace"]
+__all__ = ["ApiToken", "AuditEntry", "Base", "Member", "Quota", "TrainingJob", "User", "Workspace"]

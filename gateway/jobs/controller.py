@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
+
+from gateway.dependencies import BEARER, DbSession
+from gateway.dependencies import Page as PageParams
+from gateway.jobs.schemas import JobCreate, JobLogs, JobOut
+from gateway.jobs.service import JobService, tail
+from gateway.schemas import Page
+from gateway.users.models import User
+from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
+
+JobId = Annotated[str, PathParameter(pattern=r"^[0-9a-f]{32}$")]
+IdempotencyKey = Annotated[
+    str | None, HeaderParameter(name="Idempotency-Key", max_length=128, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+]
+
+
+def provide_jobs(state: State) -> JobService:
+    service: JobService = state.jobs
+    return service
+
+
+Jobs = NamedDependency[JobService]
+
+
+class JobController(Controller):
+    path = WS_PATH + "/jobs"
+    tags = ["jobs"]
+    security = BEARER
+    dependencies = {**WORKSPACE_DEPENDENCIES, "jobs": Provide(provide_jobs, sync_to_thread=False)}
+
+    @post("/")
+    async def submit(
+        self,
+        db_session: DbSession,
+        access: Access,
+        jobs: Jobs,
+        data: JSONBody[JobCreate],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[JobOut]:
+        """Submit a training job as the caller. Retrying with the same ``Idempotency-Key`` returns the same job."""
+        job, created = await jobs.submit(db_session, access, data, idempotency_key)
+        return Response(JobOut.of(job, access.actor.name), status_code=201 if created else 200)
+
+    @get("/")
+    async def list_jobs(
+        self,
+        db_session: DbSession,
+        access: Access,
+        jobs: Jobs,
+        page: PageParams,
+        # ``state`` is reserved by Litestar (the app state): the query parameter is read into ``status``.
+        status: Annotated[str | None, QueryParameter(name="state", max_length=32)] = None,
+        user: Annotated[str | None, QueryParameter(max_length=32)] = None,
+        since: FromQuery[datetime | None] = None,
+    ) -> Page[JobOut]:
+        rows, total = await jobs.list(db_session, access, page, state=status, user=user, since=since)
+        return Page([JobOut.of(job, name) for job, name in rows], total, page.limit, page.offset)
+
+    @get("/{job_id:str}")
+    async def get_job(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
+        job = await jobs.get(db_session, access, job_id)
+        owner = await db_session.get_one(User, job.user_id)
+        return JobOut.of(job, owner.name)
+
+    @post("/{job_id:str}/{action:str}", status_code=202)
+    async def control(
+        self,
+        db_session: DbSession,
+        access: Access,
+        jobs: Jobs,
+        job_id: JobId,
+        action: Annotated[str, PathParameter(pattern=r"^(cancel|hold|release)$")],
+    ) -> JobOut:
+        """cancel, hold or release; the state follows once the poller has seen Slurm act."""
+        job = await jobs.control(db_session, access, job_id, action)
+        owner = await db_session.get_one(User, job.user_id)
+        return JobOut.of(job, owner.name)
+
+    @get("/{job_id:str}/logs")
+    async def logs(
+        self,
+        db_session: DbSession,
+        access: Access,
+        jobs: Jobs,
+        job_id: JobId,
+        lines: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
+    ) -> JobLogs:
+        """The last ``lines`` lines of the job's standard output."""
+        job = await jobs.get(db_session, access, job_id)
+        path = job.stdout_path.replace("%j", str(job.slurm_job_id or "")).replace("%x", job.name)
+        return JobLogs(path=path, lines=await asyncio.to_thread(tail, path, lines))

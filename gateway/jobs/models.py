@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.db.base import Base, TimestampMixin
+
+SUBMITTING = "SUBMITTING"
+"""Recorded, sbatch not (known to be) done yet: the state a crash can leave behind; the poller settles it."""
+SUBMIT_FAILED = "SUBMIT_FAILED"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TrainingJob(TimestampMixin, Base):
+    """The gateway's record of a Slurm batch job. Slurm is the truth for state; this is its projection."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_jobs_workspace_created", "workspace_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), default=SUBMITTING, index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    state_unknown: Mapped[bool] = mapped_column(default=False)
+    """The controller did not answer the last poll: ``state`` is the last one known."""
+    slurm_job_id: Mapped[int | None] = mapped_column(default=None, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    script: Mapped[str] = mapped_column(Text)
+    work_dir: Mapped[str] = mapped_column(String(4096))
+    stdout_path: Mapped[str] = mapped_column(String(4096))
+    nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    allocated: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    exit_code: Mapped[int | None] = mapped_column(default=None)
+    submitted_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from gateway.jobs.models import TrainingJob
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Argv = Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=1024)]
+
+
+class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A training job. Give ``command`` (argv) or ``script`` (a bash script body)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    command: Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=1024)] | None = (
+        None
+    )
+    script: Annotated[str, msgspec.Meta(max_length=1024 * 1024)] | None = None
+    nodes: Count = 1
+    ntasks: Count | None = None
+    ntasks_per_node: Count | None = None
+    gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    cpus_per_task: Count | None = None
+    mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
+    time_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
+    partition: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    qos: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    env: Annotated[dict[str, Text], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=dict)
+    datasets: list[Text] = msgspec.field(default_factory=list)
+    models: list[Text] = msgspec.field(default_factory=list)
+    code_dir: Text | None = None
+    output_dir: Text | None = None
+    work_dir: Text | None = None
+    """Absolute; default: the user's home directory on the cluster."""
+    stdout: Text | None = None
+    stderr: Text | None = None
+    array: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    dependency: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    hold: bool = False
+    image: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    launch: Literal["none", "torchrun"] = "none"
+    nproc_per_node: Count | None = None
+    master_port: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 29500
+
+
+class JobOut(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    user: str
+    state: str
+    state_unknown: bool
+    reason: str | None
+    slurm_job_id: int | None
+    nodes: list[str]
+    exit_code: int | None
+    requested: dict[str, Any]
+    allocated: dict[str, Any]
+    created_at: datetime
+    submitted_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+
+    @classmethod
+    def of(cls, job: TrainingJob, user: str) -> JobOut:
+        spec = job.spec
+        requested = {
+            k: spec.get(k)
+            for k in (
+                "nodes",
+                "gpus_per_node",
+                "gpu_type",
+                "cpus_per_task",
+                "mem_mib",
+                "time_minutes",
+                "partition",
+                "qos",
+            )
+            if spec.get(k) is not None
+        }
+        return cls(
+            id=job.id,
+            name=job.name,
+            user=user,
+            state=job.state,
+            state_unknown=job.state_unknown,
+            reason=job.reason,
+            slurm_job_id=job.slurm_job_id,
+            nodes=list(job.nodes),
+            exit_code=job.exit_code,
+            requested=requested,
+            allocated=dict(job.allocated),
+            created_at=job.created_at,
+            submitted_at=job.submitted_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+        )
+
+
+class JobLogs(msgspec.Struct):
+    path: str
+    lines: list[str]

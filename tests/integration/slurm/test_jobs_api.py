@@ -1,0 +1,219 @@
+"""Training jobs through the API, on the real cluster, as real POSIX users, on both database backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.db.session import Database
+from gateway.jobs.poller import Poller
+from slurm.cli import CliSlurmClient
+from slurm.client import SlurmClient, Submission
+from tests.conftest import UserFactory, asgi_client
+from tests.integration.slurm.conftest import PosixUserFactory
+
+WS = "/api/v1/workspaces"
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, clean_database: Database, cli_client: CliSlurmClient
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as client:
+        yield client
+
+
+async def _team(
+    api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
+) -> dict[str, dict[str, str]]:
+    """A workspace (Slurm account ``slurm_account``) with an owner and two members, each a real POSIX user."""
+    root = await make_user("root", admin=True)
+    people = {role: posix_user() for role in ("owner", "alice", "bob")}
+    headers = {role: await make_user(name) for role, name in people.items()}
+    r = await api.post(
+        WS, json={"slug": "lab", "name": "Lab", "slurm_account": slurm_account, "owner": people["owner"]}, headers=root
+    )
+    assert r.status_code == 201, r.text
+    for role in ("alice", "bob"):
+        r = await api.post(f"{WS}/lab/members", json={"username": people[role]}, headers=headers["owner"])
+        assert r.status_code == 201, r.text
+    return {**headers, "names": people}
+
+
+async def _poll_until(
+    poller: Poller, api: httpx.AsyncClient, job_id: str, headers: dict[str, str], states: set[str], within: float = 60
+) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        await poller.poll_once()
+        job: dict[str, Any] = (await api.get(f"{WS}/lab/jobs/{job_id}", headers=headers)).json()
+        if job["state"] in states:
+            return job
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.5)
+
+
+async def test_submit_follow_and_read_logs(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    clean_database: Database,
+    cli_client: CliSlurmClient,
+) -> None:
+    team = await _team(api, make_user, posix_user, slurm_account)
+    body = {
+        "name": "hello",
+        "command": ["bash", "-c", 'echo "hi from $(id -un) on $SLURMD_NODENAME gpu=$CUDA_VISIBLE_DEVICES"'],
+        "gpus_per_node": 1,
+        "gpu_type": "a100",
+        "time_minutes": 5,
+        "env": {"GREETING": 'it\'s "quoted"'},
+    }
+    r = await api.post(f"{WS}/lab/jobs", json=body, headers={**team["alice"], "Idempotency-Key": "k-1"})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["state"] == "PENDING" and job["slurm_job_id"] and job["user"] == team["names"]["alice"]
+
+    again = await api.post(f"{WS}/lab/jobs", json=body, headers={**team["alice"], "Idempotency-Key": "k-1"})
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+
+    poller = Poller(clean_database, cli_client)
+    done = await _poll_until(poller, api, job["id"], team["alice"], {"COMPLETED", "FAILED"})
+    assert done["state"] == "COMPLETED" and done["exit_code"] == 0 and done["allocated"]["gres/gpu"] == 1
+    assert done["started_at"] and done["ended_at"] and done["nodes"]
+
+    logs = (await api.get(f"{WS}/lab/jobs/{job['id']}/logs", headers=team["alice"])).json()
+    assert logs["lines"] == [f"hi from {team['names']['alice']} on {done['nodes'][0]} gpu=0"]
+
+    # members see their own jobs only; workspace owners and admins see everyone's
+    assert (await api.get(f"{WS}/lab/jobs/{job['id']}", headers=team["bob"])).status_code == 404
+    assert (await api.get(f"{WS}/lab/jobs", headers=team["bob"])).json()["total"] == 0
+    listed = (await api.get(f"{WS}/lab/jobs", params={"state": "completed"}, headers=team["owner"])).json()
+    assert [j["id"] for j in listed["items"]] == [job["id"]]
+
+
+async def test_control_and_permissions(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    clean_database: Database,
+    cli_client: CliSlurmClient,
+) -> None:
+    team = await _team(api, make_user, posix_user, slurm_account)
+    r = await api.post(
+        f"{WS}/lab/jobs", json={"name": "sleepy", "command": ["sleep", "300"], "hold": True}, headers=team["alice"]
+    )
+    job_id = r.json()["id"]
+    poller = Poller(clean_database, cli_client)
+    held = await _poll_until(poller, api, job_id, team["alice"], {"PENDING"})
+    assert held["reason"] in ("JobHeldUser", "JobHeldAdmin")
+    assert (await api.post(f"{WS}/lab/jobs/{job_id}/cancel", headers=team["bob"])).status_code == 404
+    assert (await api.post(f"{WS}/lab/jobs/{job_id}/release", headers=team["alice"])).status_code == 202
+    await _poll_until(poller, api, job_id, team["alice"], {"RUNNING"})
+    assert (await api.post(f"{WS}/lab/jobs/{job_id}/cancel", headers=team["owner"])).status_code == 202
+    await _poll_until(poller, api, job_id, team["alice"], {"CANCELLED"})
+    assert (await api.post(f"{WS}/lab/jobs/{job_id}/explode", headers=team["alice"])).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"partition": "nope"}, "partition"),
+        ({"gpus_per_node": 5, "gpu_type": "a100"}, "gpus_per_node"),
+        ({"datasets": ["/a", "/b", "/c", "/d"]}, "datasets"),
+        ({"datasets": ["relative"]}, "datasets[0]"),
+        ({"code_dir": "/home/../etc"}, "code_dir"),
+        ({"env": {"BAD-NAME": "x"}}, "env.BAD-NAME"),
+        ({"env": {"SLURM_JOB_ID": "1"}}, "env.SLURM_JOB_ID"),
+        ({"name": "two words"}, "name"),
+        ({"image": "nvcr.io/nvidia/pytorch:24.01"}, "image"),
+        ({"work_dir": "tmp"}, "work_dir"),
+        ({"command": None}, "command"),
+    ],
+)
+async def test_bad_jobs_are_refused_naming_the_field(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    changes: dict[str, Any],
+    field: str,
+) -> None:
+    team = await _team(api, make_user, posix_user, slurm_account)
+    body = {"name": "bad", "command": ["true"], **changes}
+    r = await api.post(f"{WS}/lab/jobs", json=body, headers=team["alice"])
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["field"] == field
+
+
+async def test_over_quota_is_refused_up_front(
+    api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
+) -> None:
+    team = await _team(api, make_user, posix_user, slurm_account)
+    await api.put(f"{WS}/lab/quota", json={"gpus": 2}, headers=team["owner"])
+    r = await api.post(
+        f"{WS}/lab/jobs",
+        json={"name": "big", "command": ["true"], "nodes": 2, "gpus_per_node": 2},
+        headers=team["alice"],
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "gpus_per_node"
+
+
+class DiesAfterSbatch:
+    """A SlurmClient whose process 'dies' right after sbatch succeeded, before the gateway records the id."""
+
+    def __init__(self, real: CliSlurmClient) -> None:
+        self.real = real
+        self.slurm_ids: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def submit(self, submission: Submission) -> int:
+        self.slurm_ids.append(await self.real.submit(submission))
+        raise asyncio.CancelledError  # what the event loop does to a request when the process is going down
+
+
+async def test_crash_between_sbatch_and_commit_leaves_exactly_one_job(
+    settings: Settings,
+    clean_database: Database,
+    cli_client: CliSlurmClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+) -> None:
+    dying = DiesAfterSbatch(cli_client)
+    slurm: SlurmClient = dying
+    async with asgi_client(create_app(settings, database=clean_database, slurm=slurm)) as api:
+        team = await _team(api, make_user, posix_user, slurm_account)
+        with pytest.raises(asyncio.CancelledError):
+            await api.post(
+                f"{WS}/lab/jobs",
+                json={"name": "crashy", "command": ["sleep", "30"]},
+                headers={**team["alice"], "Idempotency-Key": "crash-1"},
+            )
+    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as api:
+        listed = (await api.get(f"{WS}/lab/jobs", headers=team["alice"])).json()["items"]
+        assert [(j["state"], j["slurm_job_id"]) for j in listed] == [("SUBMITTING", None)]
+        result = await Poller(clean_database, cli_client).poll_once()
+        assert result.adopted == 1
+        job = (await api.get(f"{WS}/lab/jobs/{listed[0]['id']}", headers=team["alice"])).json()
+        assert job["slurm_job_id"] == dying.slurm_ids[0]
+        # the client retries with the same key: still that one job
+        retry = await api.post(
+            f"{WS}/lab/jobs",
+            json={"name": "crashy", "command": ["sleep", "30"]},
+            headers={**team["alice"], "Idempotency-Key": "crash-1"},
+        )
+        assert retry.status_code == 200 and retry.json()["id"] == job["id"]
+        in_slurm = [j for j in await cli_client.jobs() if j.comment == f"rgpu:{job['id']}"]
+        assert [j.job_id for j in in_slurm] == dying.slurm_ids
+        await api.post(f"{WS}/lab/jobs/{job['id']}/cancel", headers=team["alice"])
