@@ -95,20 +95,28 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bo
 @click.option("--once", is_flag=True, help="Run one poll cycle and exit.")
 @click.pass_context
 def worker(ctx: click.Context, once: bool) -> None:
-    """Run the background loops: the job poller (one squeue per cycle for every job of the cluster)."""
+    """Run the background loops: the job poller (one squeue per cycle for every job of the cluster) and the
+    reconciliation of Slurm accounts, associations and GrpTRES with workspaces, members and quotas."""
     import structlog
 
     from gateway.jobs.poller import Poller
     from gateway.observability import configure_logging
+    from gateway.workspaces.slurm_sync import AccountSync
     from slurm.cli import CliSlurmClient
+    from slurm.errors import SlurmError
 
     settings = _settings(ctx)
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("gateway.worker")
 
     async def run(database: Database) -> None:
-        poller = Poller(database, CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as))
+        slurm = CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as)
+        poller, accounts = Poller(database, slurm), AccountSync(database, slurm)
         while True:
+            try:
+                await accounts.reconcile()
+            except SlurmError as exc:
+                log.warning("account_sync_failed", error=exc.message)
             result = await poller.poll_once()
             log.info(
                 "poll",

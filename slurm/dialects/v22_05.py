@@ -1,8 +1,9 @@
 """Slurm 22.05: ``squeue --json`` and ``sacct --json``.
 
-Facts of this release: squeue ignores filters when asked for JSON (we parse everything); sacct's JSON exit
-codes are always 0 (use the state); squeue's ``exit_code`` is a raw wait status; times are epoch seconds with
-0 meaning unset.
+Facts of this release: squeue ignores filters when asked for JSON (we parse everything); with the controller
+down it still exits 0, printing no jobs and an ``errors`` list (so errors must be checked, or every job would
+look gone); sacct's JSON exit codes are always 0 (use the state); squeue's ``exit_code`` is a raw wait status;
+times are epoch seconds with 0 meaning unset.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from slurm.errors import SlurmUnavailable
 from slurm.records import AccountingRecord, Job, JobState
 from slurm.tres import parse_tres
 
@@ -122,9 +124,20 @@ def _record(raw: dict[str, Any]) -> AccountingRecord:
     )
 
 
+def _decode(payload: bytes | str, command: str) -> list[dict[str, Any]]:
+    document = msgspec.json.decode(payload)
+    errors = document.get("errors") or []
+    if errors:
+        described = "; ".join(f"{e.get('source', '?')}: {e.get('description') or e.get('error')}" for e in errors)
+        raise SlurmUnavailable(f"{command} reported errors: {described}", command=command)
+    jobs: list[dict[str, Any]] = document.get("jobs", [])
+    return jobs
+
+
 def parse_squeue(payload: bytes | str) -> list[Job]:
-    return [_job(raw) for raw in msgspec.json.decode(payload).get("jobs", [])]
+    """Every job; raises SlurmUnavailable when squeue could not load them (it still exits 0 then)."""
+    return [_job(raw) for raw in _decode(payload, "squeue")]
 
 
 def parse_sacct(payload: bytes | str) -> list[AccountingRecord]:
-    return [_record(raw) for raw in msgspec.json.decode(payload).get("jobs", [])]
+    return [_record(raw) for raw in _decode(payload, "sacct")]

@@ -66,6 +66,12 @@ def test_accounting_records() -> None:
     assert cancelled[11].start_time is None and cancelled[17].elapsed_seconds == 1
 
 
+def test_a_down_controller_is_an_error_not_an_empty_cluster() -> None:
+    # squeue --json exits 0 with "errors" and no jobs when slurmctld is down: that must never read as "no jobs".
+    with pytest.raises(SlurmUnavailable, match="slurm_load_jobs"):
+        v22_05.parse_squeue(sample("squeue_controller_down.json"))
+
+
 def test_dialect_registry_falls_back_to_the_nearest_older_release() -> None:
     assert for_version("22.05.8") is v22_05
     assert for_version("23.02.1") is v22_05

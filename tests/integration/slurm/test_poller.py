@@ -1,0 +1,111 @@
+"""The poller when the controller goes away and comes back: state unknown, nothing failed, then caught up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.db.session import Database
+from gateway.jobs.models import TrainingJob, new_job_id
+from gateway.jobs.poller import Poller
+from gateway.users.models import User
+from gateway.workspaces.models import Workspace
+from slurm.cli import CliSlurmClient
+from slurm.client import Submission
+from tests.integration.slurm.conftest import REPO, Cluster, PosixUserFactory, home_of
+
+
+def bring_back() -> None:
+    """deploy/dev/slurm/up starts whatever daemon is missing."""
+    subprocess.run([str(REPO / "deploy/dev/slurm/up")], capture_output=True, check=True, timeout=300)
+
+
+@pytest.fixture
+def controller_stopper(slurm_cluster: Cluster) -> Iterator[None]:
+    """Yields with slurmctld running; the test stops it by PID; the cluster is brought back afterwards."""
+    yield
+    bring_back()
+
+
+def stop_controller(cluster: Cluster) -> None:
+    pid_file = Path(cluster.conf).parent.parent / "run" / "slurmctld.pid"
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+async def test_controller_down_and_back(
+    slurm_cluster: Cluster,
+    controller_stopper: None,
+    clean_database: Database,
+    cli_client: CliSlurmClient,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+) -> None:
+    user = posix_user()
+    await cli_client.ensure_account(slurm_account)
+    await cli_client.ensure_association(user, slurm_account)
+    slurm_id = await cli_client.submit(
+        Submission(
+            user=user,
+            account=slurm_account,
+            script="#!/bin/bash\nsleep 120\n",
+            work_dir=home_of(user),
+            options={"output": "/dev/null"},
+        )
+    )
+    async with clean_database.session() as session:
+        owner = User(name=user, posix_name=user)
+        ws = Workspace(slug="polled", name="P", slurm_account=slurm_account, currency="CNY")
+        session.add_all([owner, ws])
+        await session.flush()
+        job = TrainingJob(
+            id=new_job_id(),
+            workspace_id=ws.id,
+            user_id=owner.id,
+            name="sleep",
+            state="PENDING",
+            slurm_job_id=slurm_id,
+            spec={},
+            script="",
+            work_dir="/",
+            stdout_path="/dev/null",
+        )
+        session.add(job)
+        await session.commit()
+    poller = Poller(clean_database, CliSlurmClient(slurm_conf=slurm_cluster.conf, timeout=10))
+    for _ in range(60):  # let the job start, so there is a running job for the controller to lose sight of
+        first = await poller.poll_once()
+        async with clean_database.session() as session:
+            if (await session.scalar(select(TrainingJob.state))) == "RUNNING":
+                break
+        await asyncio.sleep(0.5)
+    assert first.reachable and first.slurm_calls == 1
+
+    stop_controller(slurm_cluster)
+    down = await poller.poll_once()
+    assert not down.reachable
+    async with clean_database.session() as session:
+        seen = await session.scalar(select(TrainingJob))
+        assert seen is not None and seen.state_unknown and seen.state == "RUNNING"  # last known, not "gone"
+
+    await asyncio.to_thread(bring_back)
+    back = await poller.poll_once()
+    assert back.reachable
+    async with clean_database.session() as session:
+        seen = await session.scalar(select(TrainingJob))
+        assert seen is not None and not seen.state_unknown and seen.state == "RUNNING"
+    await cli_client.cancel(slurm_id, user=user)
