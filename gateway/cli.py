@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -262,6 +263,160 @@ def token_create(ctx: click.Context, username: str, name: str, expires_in_days: 
             return created.token
 
     click.echo(_run_db(settings, work))
+
+
+# --- user commands: talk to a gateway over HTTP -------------------------------------------------------------
+
+
+def _client_call(work: Callable[[Any], T]) -> T:
+    from gateway.client.api import ApiError, GatewayClient
+
+    try:
+        return work(GatewayClient.from_environment())
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--url", envvar="REMOTEGPU_URL", required=True, help="Gateway URL, e.g. http://127.0.0.1:8000")
+@click.option("--username", prompt=True)
+@click.option("--workspace", help="Default workspace for later commands.")
+def login(url: str, username: str, workspace: str | None) -> None:
+    """Log in with a password and save a token for the other commands (0600 file in your config dir)."""
+    from gateway.client.api import ApiError, GatewayClient, save_credentials
+
+    password = _password_from_env_or_prompt()
+    try:
+        token = GatewayClient(url).request(
+            "POST", "/auth/tokens", json={"username": username, "password": password, "name": "cli"}
+        )["token"]
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"logged in; credentials saved to {save_credentials(url, token, workspace)}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def submit(args: tuple[str, ...]) -> None:
+    """Submit a batch script like sbatch: remotegpu submit [sbatch options] SCRIPT [ARGS].
+
+    Reads #SBATCH directives (the command line overrides them). Supported: -J -N -n -c --ntasks-per-node --gres
+    --gpus --gpus-per-node --mem --mem-per-cpu -t -p -q -a/--array -d/--dependency -o -e --export -D -H/--hold,
+    plus --workspace, --dataset, --model, --image.
+    """
+    from gateway.client.sbatch import job_request
+    from slurm.directives import OPTIONS, DirectiveError
+
+    argv = list(args)
+    # the script is the first argument that is not an option or an option's value
+    index, i = None, 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("-"):
+            index = i
+            break
+        name = token[2:].split("=", 1)[0] if token.startswith("--") else token[1:2]
+        long = name if token.startswith("--") else next((k for k, (s, _) in OPTIONS.items() if s == name), name)
+        takes_value = OPTIONS.get(long, (None, False))[1]
+        inline = "=" in token or (not token.startswith("--") and len(token) > 2)
+        i += 2 if takes_value and not inline else 1
+    if index is None:
+        raise click.UsageError("give the batch script to submit")
+    script_path = Path(argv[index])
+    try:
+        script = script_path.read_text()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {script_path}: {exc.strerror}") from exc
+    try:
+        workspace, body = job_request(
+            str(script_path), script, argv[:index] + argv[index + 1 :], cwd=str(Path.cwd()), environ=os.environ
+        )
+    except DirectiveError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    def send(client: Any) -> Any:
+        ws = workspace or client.default_workspace()
+        return client.request("POST", f"/workspaces/{ws}/jobs", json=body)
+
+    job = _client_call(send)
+    click.echo(f"Submitted job {job['id']} (Slurm job {job['slurm_job_id']})")
+
+
+@main.command("jobs")
+@click.option("--workspace")
+@click.option("--state")
+def jobs_command(workspace: str | None, state: str | None) -> None:
+    """List your jobs (all jobs of the workspace for its admins)."""
+
+    def work(client: Any) -> Any:
+        ws = workspace or client.default_workspace()
+        return client.request("GET", f"/workspaces/{ws}/jobs", params={"state": state} if state else {})
+
+    page = _client_call(work)
+    click.echo(f"{'ID':32}  {'SLURM':>7}  {'STATE':12}  {'USER':12}  NAME")
+    for job in page["items"]:
+        click.echo(
+            f"{job['id']:32}  {job['slurm_job_id'] or '-':>7}  {job['state']:12}  {job['user']:12}  {job['name']}"
+        )
+
+
+@main.command("job")
+@click.argument("job_id")
+@click.option("--workspace")
+def job_command(job_id: str, workspace: str | None) -> None:
+    """Show one job."""
+    import json
+
+    job = _client_call(lambda c: c.request("GET", f"/workspaces/{workspace or c.default_workspace()}/jobs/{job_id}"))
+    click.echo(json.dumps(job, indent=2))
+
+
+@main.command("cancel")
+@click.argument("job_id")
+@click.option("--workspace")
+def cancel_command(job_id: str, workspace: str | None) -> None:
+    """Cancel a job."""
+    _client_call(lambda c: c.request("POST", f"/workspaces/{workspace or c.default_workspace()}/jobs/{job_id}/cancel"))
+    click.echo(f"cancel requested for {job_id}")
+
+
+@main.command("logs")
+@click.argument("job_id")
+@click.option("--workspace")
+@click.option("-n", "--lines", default=100, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+def logs_command(job_id: str, workspace: str | None, lines: int, follow: bool) -> None:
+    """Print a job's output."""
+    import time
+
+    def fetch(client: Any) -> tuple[list[str], str]:
+        ws = workspace or client.default_workspace()
+        out = client.request(
+            "GET", f"/workspaces/{ws}/jobs/{job_id}/logs", params={"lines": 10_000 if follow else lines}
+        )
+        state = client.request("GET", f"/workspaces/{ws}/jobs/{job_id}")["state"]
+        return out["lines"], state
+
+    printed = 0
+    while True:
+        got, state = _client_call(fetch)
+        for line in got[printed:] if follow else got:
+            click.echo(line)
+        printed = len(got)
+        if not follow or state in (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "SUBMIT_FAILED",
+            "PREEMPTED",
+            "BOOT_FAIL",
+            "DEADLINE",
+        ):
+            return
+        time.sleep(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

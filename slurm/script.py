@@ -55,13 +55,17 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     command: list[str] | None = None
     """argv of the program to run; or ``script``, a bash script body."""
     script: str | None = None
-    nodes: PositiveInt = 1
+    script_args: list[str] = msgspec.field(default_factory=list)
+    """Arguments given to ``script`` (like ``sbatch script.sh ARGS``)."""
+    nodes: PositiveInt | None = None
+    """None: Slurm's default (one node), and no --nodes line, exactly as sbatch without -N."""
     ntasks: PositiveInt | None = None
     ntasks_per_node: PositiveInt | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     gpu_type: str | None = None
     cpus_per_task: PositiveInt | None = None
     mem_mib: PositiveInt | None = None
+    mem_per_cpu_mib: PositiveInt | None = None
     time_minutes: PositiveInt | None = None
     partition: str | None = None
     qos: str | None = None
@@ -118,6 +122,12 @@ def validate(spec: JobSpec) -> None:
             raise ScriptError("command", "must not be empty")
         for arg in spec.command:
             _clean_text("command", arg)
+    if spec.script is None and spec.script_args:
+        raise ScriptError("script_args", "only with a script")
+    for arg in spec.script_args:
+        _clean_text("script_args", arg)
+    if spec.mem_mib is not None and spec.mem_per_cpu_mib is not None:
+        raise ScriptError("mem_per_cpu_mib", "give mem or mem per CPU, not both")
     if spec.script is not None:
         _clean_text("script", spec.script)
         if len(spec.script.encode()) > MAX_SCRIPT_BYTES:
@@ -158,7 +168,7 @@ def validate(spec: JobSpec) -> None:
 
 def directives(spec: JobSpec) -> list[str]:
     """``#SBATCH`` lines. Every value here was validated against a character allow-list."""
-    lines = [f"--job-name={spec.name}", f"--nodes={spec.nodes}"]
+    lines = [f"--job-name={spec.name}"] + ([f"--nodes={spec.nodes}"] if spec.nodes is not None else [])
     if spec.ntasks is not None:
         lines.append(f"--ntasks={spec.ntasks}")
     ntasks_per_node = spec.ntasks_per_node or (1 if spec.launch == "torchrun" else None)
@@ -170,6 +180,7 @@ def directives(spec: JobSpec) -> list[str]:
     for option, value in (
         ("cpus-per-task", spec.cpus_per_task),
         ("mem", f"{spec.mem_mib}M" if spec.mem_mib else None),
+        ("mem-per-cpu", f"{spec.mem_per_cpu_mib}M" if spec.mem_per_cpu_mib else None),
         ("time", spec.time_minutes),
         ("partition", spec.partition),
         ("qos", spec.qos),
@@ -237,7 +248,11 @@ def _run_lines(spec: JobSpec, runtime: ContainerRuntime | None) -> list[str]:
             spec.script.rstrip("\n"),
             marker,
         ]
-        argv = ["bash", '"$REMOTEGPU_USER_SCRIPT"']
+        # A script runs with its own interpreter line, as under sbatch; without one, with bash.
+        interpreter = [] if spec.script.startswith("#!") else ["bash"]
+        if not interpreter:
+            lines.append('chmod u+x "$REMOTEGPU_USER_SCRIPT"')
+        argv = [*interpreter, '"$REMOTEGPU_USER_SCRIPT"', *(shlex.quote(a) for a in spec.script_args)]
     else:
         argv = [shlex.quote(a) for a in spec.command or []]
     argv = _container(spec, runtime, argv)

@@ -20,13 +20,16 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         None
     )
     script: Annotated[str, msgspec.Meta(max_length=1024 * 1024)] | None = None
-    nodes: Count = 1
+    script_args: Argv = msgspec.field(default_factory=list)
+    nodes: Count | None = None
+    """None: one node, as sbatch without -N."""
     ntasks: Count | None = None
     ntasks_per_node: Count | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     cpus_per_task: Count | None = None
     mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
+    mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     time_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
     partition: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     qos: Annotated[str, msgspec.Meta(max_length=64)] | None = None

@@ -58,7 +58,7 @@ def _check_quota(quota: Quota | None, data: JobCreate) -> None:
     """Refuse up front what the quota could never allow; what fits but must wait pends in Slurm (GrpTRES)."""
     if quota is None:
         return
-    gpus = data.nodes * data.gpus_per_node
+    gpus = (data.nodes or 1) * data.gpus_per_node
     if quota.gpus is not None and gpus > quota.gpus:
         raise InvalidInput(f"{gpus} GPUs requested; the workspace quota allows {quota.gpus}", field="gpus_per_node")
     typed_limit = quota.gpus_by_type.get(data.gpu_type or "")
@@ -114,14 +114,12 @@ class JobService:
         try:
             check_path("work_dir", work_dir)
             spec = msgspec.convert(fields, JobSpec)
-            if spec.stdout is None:
-                spec = msgspec.structs.replace(spec, stdout="remotegpu-%j.out")
             script = render(spec, container_runtime=self.settings.slurm_container_runtime)
         except ScriptError as exc:
             raise InvalidInput(exc.message, field=exc.field) from exc
         except msgspec.ValidationError as exc:
             raise InvalidInput(str(exc), field="spec") from exc
-        stdout = spec.stdout or ""
+        stdout = spec.stdout or ("slurm-%A_%a.out" if spec.array else "slurm-%j.out")  # sbatch's default
         job = TrainingJob(
             id=new_job_id(),
             workspace_id=ws.id,

@@ -1,0 +1,85 @@
+"""A small HTTP client for the gateway, configured from REMOTEGPU_URL / REMOTEGPU_TOKEN or ``remotegpu login``."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import platformdirs
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        fields = ", ".join(e.get("field", "") for e in problem.get("errors") or [])
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{detail}" + (f" [{fields}]" if fields else ""))
+        self.status = status
+        self.problem = problem
+
+
+def credentials_path() -> Path:
+    return Path(platformdirs.user_config_dir("remotegpu", appauthor=False)) / "credentials.toml"
+
+
+def save_credentials(url: str, token: str, workspace: str | None) -> Path:
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f'url = "{url}"', f'token = "{token}"'] + ([f'workspace = "{workspace}"'] if workspace else [])
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def load_credentials() -> dict[str, str]:
+    saved: dict[str, str] = {}
+    path = credentials_path()
+    if path.exists():
+        saved = {k: str(v) for k, v in tomllib.loads(path.read_text()).items()}
+    for key in ("url", "token", "workspace"):
+        if value := os.environ.get(f"REMOTEGPU_{key.upper()}"):
+            saved[key] = value
+    return saved
+
+
+class GatewayClient:
+    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60, transport=transport)
+
+    @classmethod
+    def from_environment(cls) -> GatewayClient:
+        creds = load_credentials()
+        if "url" not in creds or "token" not in creds:
+            raise ApiError(
+                401, {"detail": "not logged in: run `remotegpu login` or set REMOTEGPU_URL and REMOTEGPU_TOKEN"}
+            )
+        return cls(creds["url"], creds["token"])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, "/api/v1" + path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:500]}
+            raise ApiError(response.status_code, problem)
+        return response.json() if response.content else None
+
+    def default_workspace(self) -> str:
+        creds = load_credentials()
+        if creds.get("workspace"):
+            return creds["workspace"]
+        memberships = self.request("GET", "/me")["workspaces"]
+        if len(memberships) == 1:
+            return str(memberships[0]["workspace"])
+        raise ApiError(
+            400,
+            {
+                "detail": "choose a workspace with --workspace (or REMOTEGPU_WORKSPACE)",
+                "errors": [{"field": "workspace"}],
+            },
+        )
