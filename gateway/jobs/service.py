@@ -14,6 +14,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from gateway.audit.service import record
 from gateway.config import Settings
@@ -201,6 +202,7 @@ class JobService:
         access.require(Role.MEMBER)
         query = (
             select(TrainingJob, User.name)
+            .options(defer(TrainingJob.script))  # up to 1 MiB each: never loaded for a list
             .join(User, User.id == TrainingJob.user_id)
             .where(TrainingJob.workspace_id == access.workspace.id)
         )
