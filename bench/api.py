@@ -35,9 +35,11 @@ from litestar import Litestar, get
 
 GOAL = 0.3
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("REMOTEGPU_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get("REMOTEGPU_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 WORKSPACE = {"slug": "bench-ws", "name": "Bench"}
 START_TIMEOUT = 30.0
+LOADGEN_WORKER = "--internal-httpx-loadgen"
+"""First argument of this file run as the httpx load generator process."""
 SATURATED = 0.9
 """A load generator using this much of a core is the bottleneck."""
 IDLE = 0.5
@@ -217,7 +219,7 @@ async def httpx_load(url: str, headers: dict[str, str], warmup: float, duration:
 
 
 def loadgen_main(argv: list[str]) -> None:
-    """Entry point of the load generator process: ``--loadgen URL HEADERS_JSON WARMUP DURATION CONCURRENCY``."""
+    """Entry point of the httpx load generator process: ``URL HEADERS_JSON WARMUP DURATION CONCURRENCY``."""
     url, headers, warmup, duration, concurrency = argv
     try:
         import uvloop
@@ -238,7 +240,7 @@ def measure(url: str, headers: dict[str, str], server_pid: int, args: argparse.N
         cpu_before, began = cpu_seconds(server_pid), time.perf_counter()
         result = run_wrk(url, headers, max(1, round(args.duration)), args.concurrency, script)
     else:
-        cmd = [sys.executable, __file__, "--loadgen", url, json.dumps(headers)]
+        cmd = [sys.executable, __file__, LOADGEN_WORKER, url, json.dumps(headers)]
         cmd += [str(args.warmup), str(args.duration), str(args.concurrency)]
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
             assert proc.stdout is not None
@@ -414,7 +416,7 @@ def main() -> int:
             rows += [(f"  round {i}: bare", b), (f"  round {i}: gateway", g)]
     print_table(rows)
     print("srv CPU / gen CPU: CPU time of the server / load generator per second (100% = one core busy);")
-    print("CPU us/req: server CPU time per request (includes only the server process's own kernel time)")
+    print("CPU us/req: CPU time (user + system) of the server process per request")
     print()
     if args.rounds > 1:
         print("ratio per round: " + ", ".join(f"{r:.2f}" for r in ratios))
@@ -441,7 +443,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--loadgen":
+    if len(sys.argv) == 7 and sys.argv[1] == LOADGEN_WORKER:
         loadgen_main(sys.argv[2:])
         sys.exit(0)
     sys.exit(main())

@@ -19,7 +19,7 @@ from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
 from gateway.config import Settings, load_settings
 from gateway.db.session import Database
-from gateway.dependencies import APP_DEPENDENCIES, SessionCleanupMiddleware
+from gateway.dependencies import APP_DEPENDENCIES
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
@@ -77,7 +77,7 @@ def create_app(
         route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, SessionCleanupMiddleware, login_throttle.middleware],
+        middleware=[RequestContextMiddleware, login_throttle.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "database": db, "jobs": JobService(slurm, settings)}),
         request_max_body_size=settings.max_body_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -82,8 +83,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bo
         host=host or settings.host,
         port=port or settings.port,
     )
+    app = create_app(settings)
+    # Move everything built at start-up out of the garbage collector's sight: full collections over it were
+    # the p99 latency (tens of milliseconds every few seconds).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_config=None,

@@ -9,12 +9,12 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
-from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.actor import Actor
 from gateway.auth import service as auth_service
 from gateway.config import Settings
+from gateway.db.request_sessions import close_if_used, remember_session
 from gateway.db.session import Database
 from gateway.errors import Forbidden, Unauthorized
 from gateway.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Pagination
@@ -28,42 +28,14 @@ Page = NamedDependency[Pagination]
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-_SESSIONS_KEY = "db_sessions"
-
-
-async def _close_if_used(session: AsyncSession) -> None:
-    # Requests answered from the access cache never touch their session: skip the (greenlet) close.
-    if session.sync_session.in_transaction() or session.sync_session.identity_map:
-        await session.close()
-
-
 async def provide_db_session(request: Request[object, object, State]) -> AsyncIterator[AsyncSession]:
     database: Database = request.app.state.database
     session = database.session(write=request.method not in READ_METHODS)
-    request.scope["state"].setdefault(_SESSIONS_KEY, []).append(session)
+    remember_session(request.scope, session)
     try:
         yield session
     finally:
-        await _close_if_used(session)
-
-
-class SessionCleanupMiddleware:
-    """Closes the request's database sessions when the response is done, whatever happened.
-
-    Litestar does not finish a generator dependency when a later parameter of the same request fails
-    validation (e.g. a malformed path parameter after the caller was authenticated); without this, that
-    session's pooled connection would wait for the garbage collector.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            for session in scope.get("state", {}).get(_SESSIONS_KEY, ()):
-                await _close_if_used(session)
+        await close_if_used(session)
 
 
 def provide_settings(state: State) -> Settings:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -14,10 +15,13 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Histogram
 
+from gateway.db.request_sessions import close_request_sessions
+
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 access_log = structlog.get_logger("gateway.access")
+_access_logger = logging.getLogger("gateway.access")
 
 REQUESTS = Counter("remotegpu_requests_total", "HTTP requests", ["method", "path", "status_code"])
 REQUEST_SECONDS = Histogram("remotegpu_request_duration_seconds", "HTTP request latency", ["method", "path"])
@@ -61,7 +65,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
-def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """Keep a caller's well-formed X-Request-ID (so traces join up); otherwise make a fresh one."""
     for name, value in headers:
         if name == b"x-request-id":
@@ -69,12 +73,14 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if _VALID_REQUEST_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestContextMiddleware:
-    """Pure ASGI middleware: request id into scope state, log context and response header; access log;
-    request count and latency by method, route template and status."""
+    """Pure ASGI middleware around every request: request id into scope state, log context and response header;
+    access log; request count and latency by method, route template and status; and, at the end, closing the
+    request's database sessions whatever happened (Litestar skips generator-dependency cleanup when a later
+    parameter fails validation)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,7 +92,7 @@ class RequestContextMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(list(scope.get("headers", [])))
+        request_id = request_id_from(scope.get("headers", ()))
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
@@ -100,12 +106,14 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                elapsed = time.perf_counter() - started
-                self._observe(scope, status, elapsed)
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            await close_request_sessions(scope)
+            elapsed = time.perf_counter() - started
+            self._observe(scope, status, elapsed)
+            if _access_logger.isEnabledFor(logging.INFO):
                 access_log.info(
                     "request",
                     method=scope.get("method"),
@@ -113,6 +121,7 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
+            structlog.contextvars.reset_contextvars(**tokens)
 
     def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
         path = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router once a route matched

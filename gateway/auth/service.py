@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.access_cache import ACCESS_CACHE, ACCESS_NEUTRAL
@@ -89,11 +90,18 @@ async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, dateti
         raise Unauthorized("invalid or expired token")
     token_id, expires_at, last_used, user_id, user_name, is_admin = row
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
-        await session.execute(
-            update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now),
-            execution_options={ACCESS_NEUTRAL: True},  # bookkeeping: does not change who may do what
-        )
+        # End the read first: on SQLite an UPDATE inside a read transaction that another connection has
+        # overtaken fails at once (SQLITE_BUSY_SNAPSHOT) instead of waiting. Last use is bookkeeping, so a
+        # failure to record it never fails the request.
         await session.commit()
+        try:
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now),
+                execution_options={ACCESS_NEUTRAL: True},  # does not change who may do what
+            )
+            await session.commit()
+        except OperationalError:
+            await session.rollback()
     return Actor(name=user_name, user_id=user_id, is_admin=is_admin, token_id=token_id), expires_at
 
 
