@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Annotated
 
 from litestar import Request
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.actor import Actor
 from gateway.auth import service as auth_service
 from gateway.config import Settings
-from gateway.db.request_sessions import close_if_used, remember_session
+from gateway.db.request_sessions import request_session
 from gateway.db.session import Database
 from gateway.errors import Forbidden, Unauthorized
 from gateway.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Pagination
@@ -28,14 +28,19 @@ Page = NamedDependency[Pagination]
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-async def provide_db_session(request: Request[object, object, State]) -> AsyncIterator[AsyncSession]:
+LazySession = Callable[[], AsyncSession]
+"""The request's database session, made when first called: cache hits never open one."""
+
+
+def lazy_session(request: Request[object, object, State]) -> LazySession:
     database: Database = request.app.state.database
-    session = database.session(write=request.method not in READ_METHODS)
-    remember_session(request.scope, session)
-    try:
-        yield session
-    finally:
-        await close_if_used(session)
+    write = request.method not in READ_METHODS
+    return lambda: request_session(request.scope, lambda: database.session(write=write))
+
+
+def provide_db_session(request: Request[object, object, State]) -> AsyncSession:
+    """Closed by the request-context middleware when the response is done."""
+    return lazy_session(request)()
 
 
 def provide_settings(state: State) -> Settings:
@@ -48,7 +53,7 @@ async def provide_actor(request: Request[object, object, State], db_session: Nam
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    return await auth_service.authenticate(db_session, secret.strip())
+    return await auth_service.authenticate(lazy_session(request), secret.strip())
 
 
 async def provide_admin(actor: NamedDependency[Actor]) -> Actor:
@@ -65,7 +70,7 @@ async def provide_pagination(
 
 
 APP_DEPENDENCIES = {
-    "db_session": Provide(provide_db_session),
+    "db_session": Provide(provide_db_session, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "actor": Provide(provide_actor),
     "page": Provide(provide_pagination),

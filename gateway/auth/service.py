@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -61,7 +62,7 @@ async def login(session: AsyncSession, username: str, password: str, *, name: st
     return await issue_token(session, actor, user, name=name, ttl_days=ttl_days)
 
 
-async def authenticate(session: AsyncSession, secret: str) -> Actor:
+async def authenticate(session: Callable[[], AsyncSession], secret: str) -> Actor:
     """Resolve a bearer token to its actor: from the access cache, else in one query.
 
     Last use is refreshed at most once a minute (and only on cache misses).
@@ -69,7 +70,7 @@ async def authenticate(session: AsyncSession, secret: str) -> Actor:
     if not looks_like_token(secret):
         raise Unauthorized("invalid or expired token")
     digest = token_hash(secret)
-    return await ACCESS_CACHE.actor(digest, lambda: _load_actor(session, digest))
+    return await ACCESS_CACHE.actor(digest, lambda: _load_actor(session(), digest))
 
 
 async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, datetime | None]:

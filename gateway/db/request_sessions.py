@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from litestar.types import Scope
 from sqlalchemy.ext.asyncio import AsyncSession
 
 _KEY = "db_sessions"
+_CURRENT = "db_session"
 
 
 def remember_session(scope: Scope, session: AsyncSession) -> None:
@@ -21,3 +24,13 @@ async def close_if_used(session: AsyncSession) -> None:
 async def close_request_sessions(scope: Scope) -> None:
     for session in scope.get("state", {}).get(_KEY, ()):
         await close_if_used(session)
+
+
+def request_session(scope: Scope, make: Callable[[], AsyncSession]) -> AsyncSession:
+    """The request's one session, made on first use (requests answered from caches never make one)."""
+    state = scope.setdefault("state", {})
+    session: AsyncSession | None = state.get(_CURRENT)
+    if session is None:
+        session = state[_CURRENT] = make()
+        remember_session(scope, session)
+    return session

@@ -7,7 +7,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.dependencies import BEARER, READ_METHODS, AppSettings, CurrentActor, DbSession
+from gateway.dependencies import BEARER, READ_METHODS, AppSettings, CurrentActor, DbSession, lazy_session
 from gateway.dependencies import Page as PageParams
 from gateway.schemas import Page, SlugParam, UserNameParam
 from gateway.workspaces import service
@@ -26,9 +26,9 @@ from gateway.workspaces.service import WorkspaceAccess
 
 
 async def provide_access(
-    request: Request[object, object, State], db_session: DbSession, actor: CurrentActor, ws: SlugParam
+    request: Request[object, object, State], actor: CurrentActor, ws: SlugParam
 ) -> WorkspaceAccess:
-    return await service.get_access(db_session, actor, ws, cached=request.method in READ_METHODS)
+    return await service.get_access(lazy_session(request), actor, ws, cached=request.method in READ_METHODS)
 
 
 WORKSPACE_DEPENDENCIES = {"access": Provide(provide_access)}

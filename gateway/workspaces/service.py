@@ -6,6 +6,7 @@ role is too low gets 403; platform admins may do everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from msgspec import UNSET
@@ -45,15 +46,19 @@ def _live_workspaces() -> Select[Workspace]:
     return select(Workspace).where(Workspace.deleted_at.is_(None))
 
 
-async def get_access(session: AsyncSession, actor: Actor, slug: str, *, cached: bool = False) -> WorkspaceAccess:
+async def get_access(
+    session: Callable[[], AsyncSession], actor: Actor, slug: str, *, cached: bool = False
+) -> WorkspaceAccess:
     """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin.
 
     ``cached``: read-only callers may get a snapshot from the access cache (never used to write).
     """
     if cached:
-        workspace, role = await ACCESS_CACHE.workspace(actor.user_id, slug, lambda: _load_access(session, actor, slug))
+        workspace, role = await ACCESS_CACHE.workspace(
+            actor.user_id, slug, lambda: _load_access(session(), actor, slug)
+        )
     else:
-        workspace, role = await _load_access(session, actor, slug)
+        workspace, role = await _load_access(session(), actor, slug)
     return WorkspaceAccess(workspace=workspace, role=role, actor=actor)
 
 
