@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Literal
 
 from slurm.client import Submission
-from slurm.dialects import for_version
+from slurm.dialects import Dialect, for_version
+from slurm.dialects.parsable import ASSOCIATION_FIELDS
 from slurm.errors import SlurmError, SlurmUnavailable, classify
 from slurm.records import AccountingRecord, Association, Job
-from slurm.tres import format_tres, parse_tres
+from slurm.tres import format_tres
 
 RunAs = Literal["runuser", "sudo"]
 SBATCH_OPTIONS = frozenset(
@@ -61,7 +62,7 @@ class CliSlurmClient:
         self.slurm_conf = slurm_conf
         self.run_as = run_as
         self.timeout = timeout
-        self.dialect = for_version(version)
+        self.dialect: Dialect = for_version(version)
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -134,14 +135,12 @@ class CliSlurmClient:
         await self._run(self._as_user(user, ["scontrol", "release", str(job_id)]))
 
     async def jobs(self) -> list[Job]:
-        jobs: list[Job] = self.dialect.parse_squeue(await self._run(["squeue", "--all", "--json"]))
-        return jobs
+        return self.dialect.parse_squeue(await self._run(["squeue", "--all", "--json"]))
 
     async def accounting(self, since: datetime) -> list[AccountingRecord]:
         start = since.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
         out = await self._run(["sacct", "--allusers", "--json", "-S", start, "-E", "now"])
-        records: list[AccountingRecord] = self.dialect.parse_sacct(out)
-        return records
+        return self.dialect.parse_sacct(out)
 
     # --- accounts and associations -------------------------------------------------------------------
 
@@ -176,17 +175,10 @@ class CliSlurmClient:
         await self._sacctmgr("remove", "account", account, tolerate=("Nothing deleted",))
 
     async def associations(self, account: str | None = None) -> list[Association]:
-        args = ["-n", "-P", "show", "assoc", "format=cluster,account,user,grptres"]
+        args = ["-n", "-P", "show", "assoc", "format=" + ",".join(ASSOCIATION_FIELDS)]
         if account:
             args.append(f"account={account}")
-        out = await self._run(["sacctmgr", *args])
-        result = []
-        for line in out.splitlines():
-            if not line.strip():
-                continue
-            cluster, acct, user, grp = [*line.split("|"), "", "", ""][:4]
-            result.append(Association(cluster=cluster, account=acct, user=user or None, grp_tres=parse_tres(grp)))
-        return result
+        return self.dialect.parse_associations(await self._run(["sacctmgr", *args]), fields=ASSOCIATION_FIELDS)
 
 
 def default_client() -> CliSlurmClient:

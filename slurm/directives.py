@@ -1,15 +1,22 @@
-"""sbatch's options, from ``#SBATCH`` lines and from a command line, the way sbatch reads them.
+"""sbatch's options, from ``#SBATCH`` lines and from a command line, read the way sbatch 22.05 reads them.
 
-Directives are read until the first line that is neither blank nor a comment; command-line options override
-them. Unsupported options are collected and reported together.
+Checked against ``sbatch -vv --test-only`` (which prints the options it understood): directives are lines
+that start with ``#SBATCH`` in the first column, read until the first line that is neither blank nor a
+comment; words split on whitespace, ``'`` and ``"`` quote, a backslash takes the next character literally
+(but cannot join words), and an unquoted ``#`` or an empty word (``""``) ends the line; a word that is not
+an option is an error; long options may be abbreviated to any unambiguous prefix; command-line options
+override directives. Options we do not support are collected and reported together, skipping their values
+so that none is mistaken for the script.
 """
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
+from typing import Literal
 
-# long name -> (short flag, takes a value)
+from slurm.units import duration_minutes, memory_mib
+
+# long name -> (short flag, takes a value): what we understand
 OPTIONS: dict[str, tuple[str | None, bool]] = {
     "job-name": ("J", True),
     "nodes": ("N", True),
@@ -24,6 +31,7 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "time": ("t", True),
     "partition": ("p", True),
     "qos": ("q", True),
+    "account": ("A", True),
     "array": ("a", True),
     "dependency": ("d", True),
     "output": ("o", True),
@@ -31,14 +39,61 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "export": (None, True),
     "chdir": ("D", True),
     "hold": ("H", False),
-    # ours
+    # ours, for `remotegpu submit` (sbatch itself would refuse them)
     "workspace": (None, True),
     "dataset": (None, True),
     "model": (None, True),
     "image": (None, True),
 }
 REPEATABLE = frozenset({"dataset", "model"})
-_SHORT = {short: long for long, (short, _) in OPTIONS.items() if short}
+
+Arg = Literal["required", "none", "optional"]
+_R: Arg = "required"
+_N: Arg = "none"
+_O: Arg = "optional"
+
+
+def _kinds(names: str, kind: Arg) -> dict[str, Arg]:
+    return dict.fromkeys(names.split(), kind)
+
+
+# Every long option of sbatch 22.05 (from its getopt table), to skip the values of the ones we do not support
+# and to resolve abbreviations exactly as sbatch would.
+_SBATCH: dict[str, Arg] = {
+    **_kinds(
+        "account acctg-freq array batch bb bbf begin chdir cluster cluster-constraint clusters comment constraint "
+        "container context core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline delay-boot "
+        "dependency distribution error exclude export export-file extra-node-info gid gpu-bind gpu-freq gpus "
+        "gpus-per-node gpus-per-socket gpus-per-task gres gres-flags hint input job-name kill-on-invalid-dep "
+        "licenses mail-type mail-user mcs-label mem mem-bind mem-per-cpu mem-per-gpu mincpus network nodefile "
+        "nodelist nodes ntasks ntasks-per-core ntasks-per-gpu ntasks-per-node ntasks-per-socket ntasks-per-tres "
+        "open-mode output partition power prefer priority profile qos reservation signal sockets-per-node "
+        "switches tasks-per-node thread-spec threads-per-core time time-min tmp uid wait-all-nodes wckey "
+        "wrap",
+        _R,
+    ),
+    **_kinds(
+        "contiguous help hold ignore-pbs no-requeue overcommit oversubscribe parsable quiet reboot requeue "
+        "spread-job test-only usage use-min-nodes verbose version wait",
+        _N,
+    ),
+    **_kinds("exclusive get-user-env nice no-kill propagate", _O),
+}
+_SBATCH_SHORT = {
+    **_kinds(" ".join("aAbBcCdDeFGiJLmMnNopqStwx"), _R),
+    **_kinds(" ".join("hHOQsvVW"), _N),
+    "k": _O,
+}
+_SHORT_TO_LONG = {
+    "a": "array", "A": "account", "b": "begin", "B": "extra-node-info", "c": "cpus-per-task", "C": "constraint",
+    "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile", "G": "gpus", "h": "help", "H": "hold",
+    "i": "input", "J": "job-name", "k": "no-kill", "L": "licenses", "m": "distribution",
+    "M": "clusters", "n": "ntasks", "N": "nodes", "o": "output", "O": "overcommit", "p": "partition", "q": "qos",
+    "Q": "quiet", "s": "oversubscribe", "S": "core-spec", "t": "time", "v": "verbose", "V": "version",
+    "W": "wait", "w": "nodelist", "x": "exclude",
+}  # fmt: skip
+_ALIASES = {"tasks-per-node": "ntasks-per-node"}
+_LONG_NAMES = sorted(_SBATCH.keys() | OPTIONS.keys())
 
 
 class DirectiveError(ValueError):
@@ -50,89 +105,188 @@ class DirectiveError(ValueError):
 Options = dict[str, str | list[str] | None]
 
 
-def _parse_tokens(tokens: Sequence[str]) -> tuple[Options, list[str], list[str]]:
-    """Options, the remaining positional arguments, and the unsupported option names seen."""
-    options: Options = {}
-    unsupported: list[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "--" or not token.startswith("-") or token == "-":
-            return options, list(tokens[i + 1 :] if token == "--" else tokens[i:]), unsupported
-        if token.startswith("--"):
-            name, eq, value = token[2:].partition("=")
-            inline: str | None = value if eq else None
-        else:
-            short, rest = token[1:2], token[2:]
-            name, inline = _SHORT.get(short, f"-{short}"), rest or None
-        if name not in OPTIONS:
-            unsupported.append(token.split("=", 1)[0])
-            i += 1
-            continue
+def _resolve(name: str) -> tuple[str | None, str]:
+    """A long option name, abbreviated or not -> (canonical name or None, how to report a failure)."""
+    if name in _LONG_NAMES:
+        return _ALIASES.get(name, name), f"--{name}"
+    candidates = [n for n in _LONG_NAMES if n.startswith(name)] if name else []
+    if len(candidates) == 1:
+        return _ALIASES.get(candidates[0], candidates[0]), f"--{candidates[0]}"
+    if candidates:
+        return None, f"--{name} (ambiguous: {', '.join('--' + c for c in candidates)})"
+    return None, f"--{name}"
+
+
+class _Reader:
+    """getopt over one list of words: options, then (for a command line) the script's arguments."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.tokens = tokens
+        self.i = 0
+        self.options: Options = {}
+        self.unsupported: list[str] = []
+
+    def _value(self, inline: str | None) -> str | None:
+        """The option's value: given inline, or the next word."""
+        if inline is not None:
+            return inline
+        if self.i < len(self.tokens):
+            self.i += 1
+            return self.tokens[self.i - 1]
+        return None
+
+    def _option(self, name: str | None, shown: str, inline: str | None) -> None:
+        if name is None or name not in OPTIONS:
+            self.unsupported.append(shown.split("=", 1)[0] if name is None else f"--{name}")
+            if name is not None and _SBATCH.get(name) == _R:
+                self._value(inline)  # skip its value, which must not be read as the script (optional ones are inline)
+            return
         takes_value = OPTIONS[name][1]
-        if takes_value and inline is None:
-            if i + 1 >= len(tokens):
-                raise DirectiveError(f"option --{name} needs a value")
-            inline = tokens[i + 1]
-            i += 1
-        if not takes_value and inline is not None:
-            raise DirectiveError(f"option --{name} takes no value")
+        if not takes_value:
+            if inline is not None:
+                raise DirectiveError(f"option --{name} takes no value")
+            self.options[name] = None
+            return
+        value = self._value(inline)
+        if value is None:
+            raise DirectiveError(f"option --{name} needs a value")
         if name in REPEATABLE:
-            existing = options.setdefault(name, [])
+            existing = self.options.setdefault(name, [])
             assert isinstance(existing, list)
-            existing.append(inline or "")
+            existing.append(value)
         else:
-            options[name] = inline
-        i += 1
-    return options, [], unsupported
+            self.options[name] = value
+
+    def _shorts(self, token: str) -> None:
+        """``-N2``, ``-N 2``, ``-HJname``: flags may be grouped, a value ends the group."""
+        j = 1
+        while j < len(token):
+            letter, rest = token[j], token[j + 1 :]
+            kind, name = _SBATCH_SHORT.get(letter), _SHORT_TO_LONG.get(letter)
+            if kind is None or name is None:
+                self.unsupported.append(f"-{letter}")
+                return
+            if kind == _N:
+                self._option(name, f"-{letter}", None)
+                j += 1
+                continue
+            if kind == _O and not rest:
+                self._option(name, f"-{letter}", None)
+                return
+            self._option(name, f"-{letter}", rest or None)
+            return
+
+    def read(self) -> list[str]:
+        """Read options up to the first non-option word; return that word and all after it."""
+        while self.i < len(self.tokens):
+            token = self.tokens[self.i]
+            self.i += 1
+            if token == "--":
+                return list(self.tokens[self.i :])
+            if not token.startswith("-") or token == "-":
+                return list(self.tokens[self.i - 1 :])
+            if token.startswith("--"):
+                name, eq, value = token[2:].partition("=")
+                canonical, shown = _resolve(name)
+                self._option(canonical, shown, value if eq else None)
+            else:
+                self._shorts(token)
+        return []
+
+
+def _words(text: str, line_number: int) -> list[str]:
+    """Split one directive's text as sbatch does (its ``_get_argument``), not as a shell would."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return words
+        word: list[str] = []
+        quote, escaped, comment = "", False, False
+        while i < n and (quote or not text[i].isspace()):
+            ch = text[i]
+            i += 1
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+                continue
+            elif quote:
+                if ch == quote:
+                    quote = ""
+                    continue
+            elif ch in "\"'":
+                quote = ch
+                continue
+            elif ch == "#":
+                comment = True
+                break
+            word.append(ch)
+        if quote:
+            raise DirectiveError(f"line {line_number}: unmatched {quote} in #SBATCH{text}")
+        if not word:  # sbatch stops reading a line at an empty word: '""', or a '#' starting one
+            return words
+        words.append("".join(word))
+        if comment:
+            return words
+
+
+def directive_words(script: str) -> list[str]:
+    """The words of a script's ``#SBATCH`` lines, in order."""
+    words: list[str] = []
+    for number, line in enumerate(script.splitlines(), 1):
+        if line.startswith("#SBATCH"):
+            words += _words(line[len("#SBATCH") :], number)
+            continue
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+    return words
 
 
 def script_directives(script: str) -> tuple[Options, list[str]]:
-    """``#SBATCH`` options of a script, and the unsupported ones."""
-    tokens: list[str] = []
-    for number, line in enumerate(script.splitlines()):
-        stripped = line.strip()
-        if number == 0 and stripped.startswith("#!"):
-            continue
-        if not stripped:
-            continue
-        if not stripped.startswith("#"):
-            break
-        if stripped.startswith("#SBATCH"):
-            body = stripped[len("#SBATCH") :].split(" #", 1)[0]
-            tokens += shlex.split(body)
-    options, _, unsupported = _parse_tokens(tokens)
-    return options, unsupported
+    """``#SBATCH`` options of a script, and the unsupported ones (a stray word is an error, as in sbatch)."""
+    reader = _Reader(directive_words(script))
+    stray = reader.read()
+    if stray:
+        raise DirectiveError(f"invalid directive in the batch script: {stray[0]!r}")
+    return reader.options, reader.unsupported
 
 
 def parse(script: str, argv: Sequence[str]) -> tuple[Options, list[str]]:
-    """Options (command line over directives) and the script's own arguments; raises on unsupported ones."""
+    """Options (command line over directives) and the script's own arguments; raises on unsupported ones.
+
+    ``argv`` is sbatch's command line without the script's path: options, then the script's arguments.
+    """
     from_script, bad_script = script_directives(script)
-    from_cli, script_args, bad_cli = _parse_tokens(argv)
-    unsupported = sorted(set(bad_script + bad_cli))
+    reader = _Reader(argv)
+    script_args = reader.read()
+    unsupported = sorted(set(bad_script + reader.unsupported))
     if unsupported:
         raise DirectiveError("unsupported sbatch options: " + ", ".join(unsupported), unsupported)
-    merged: Options = {**from_script, **from_cli}
-    for name in REPEATABLE & from_script.keys() & from_cli.keys():
-        merged[name] = from_cli[name]
+    merged: Options = {**from_script, **reader.options}
     return merged, script_args
 
 
 def minutes(value: str) -> int:
-    """sbatch time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S -> whole minutes (rounded up)."""
-    days = 0
-    if "-" in value:
-        day_part, value = value.split("-", 1)
-        days = int(day_part)
-        parts = [int(p) for p in value.split(":")]
-        hours, mins, secs = [*parts, 0, 0][:3]
-    else:
-        parts = [int(p) for p in value.split(":")]
-        if len(parts) == 1:
-            hours, mins, secs = 0, parts[0], 0
-        elif len(parts) == 2:
-            hours, mins, secs = 0, parts[0], parts[1]
-        else:
-            hours, mins, secs = parts[:3]
-    total = days * 1440 + hours * 60 + mins + (1 if secs else 0)
-    return total
+    """sbatch time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) -> whole minutes, rounded up as Slurm does."""
+    try:
+        result = duration_minutes(value)
+    except ValueError as exc:
+        raise DirectiveError(f"--time={value}: {exc}") from None
+    if not result:  # None (UNLIMITED) or 0, which Slurm also reads as no limit
+        raise DirectiveError(f"--time={value}: give a finite time limit")
+    return result
+
+
+def memory(value: str, option: str = "mem") -> int:
+    """sbatch memory sizes (default unit M; K, M, G, T) -> MiB. ``0`` (all of a node's memory) is refused."""
+    try:
+        result = memory_mib(value)
+    except ValueError as exc:
+        raise DirectiveError(f"--{option}={value}: {exc}") from None
+    if result == 0:
+        raise DirectiveError(f"--{option}=0 (all of a node's memory) is not supported: give a size")
+    return result

@@ -30,8 +30,11 @@ class JobState(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str | None) -> JobState:
-        """Slurm writes e.g. ``CANCELLED by 1000`` or ``PENDING``; unknown words map to UNKNOWN."""
-        word = (value or "").split(" ", 1)[0].upper()
+        """Slurm writes e.g. ``CANCELLED by 1000``, ``PENDING`` or, in narrow columns, ``CANCELLED+``.
+
+        Unknown words map to UNKNOWN: a newer Slurm's new state must not break the poller.
+        """
+        word = (value or "").split(" ", 1)[0].rstrip("+").upper()
         try:
             return cls(word)
         except ValueError:
@@ -66,6 +69,28 @@ Tres = dict[str, int]
 """e.g. ``{"cpu": 2, "mem": 2048, "node": 1, "gres/gpu": 1, "gres/gpu:a100": 1}``; ``mem`` in MiB."""
 
 
+class NodeAllocation(msgspec.Struct, frozen=True, kw_only=True):
+    """What one node gives a running job."""
+
+    node: str
+    cores: int = 0
+    memory_mib: int | None = None
+    gpu_indices: tuple[int, ...] = ()
+    """Device indices on that node (``CUDA_VISIBLE_DEVICES`` as Slurm's cgroup numbers them)."""
+    gpu_type: str | None = None
+
+
+class Allocation(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a running job's resources are, node by node (squeue's ``job_resources`` and ``gres_detail``)."""
+
+    job_id: int
+    nodes: tuple[NodeAllocation, ...] = ()
+
+    @property
+    def gpus(self) -> int:
+        return sum(len(n.gpu_indices) for n in self.nodes)
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     """A job as the controller sees it now (squeue)."""
 
@@ -96,12 +121,25 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     dependency: str = ""
     requested: Tres = msgspec.field(default_factory=dict)
     allocated: Tres = msgspec.field(default_factory=dict)
+    allocation: Allocation | None = None
+    """Per-node detail while the job holds resources; None when pending or finished."""
+
+    @property
+    def memory_mib(self) -> int | None:
+        """Memory of the whole job (allocated once running, else requested)."""
+        return self.allocated.get("mem", self.requested.get("mem"))
 
 
 class AccountingRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as accounting recorded it (sacct): what billing reads. ``allocated`` is AllocTRES."""
+    """A job (or one of its steps) as accounting recorded it (sacct): what billing reads.
+
+    ``job_id`` is Slurm's unique id (``JobIDRaw``: an array task has its own); ``step`` is None for the job's
+    allocation and e.g. ``"batch"``, ``"extern"``, ``"0"`` for steps. ``allocated`` is AllocTRES.
+    ``exit_code``/``signal`` are None where Slurm does not report them reliably (22.05's JSON).
+    """
 
     job_id: int
+    step: str | None = None
     array_job_id: int | None = None
     array_task_id: int | None = None
     name: str
@@ -109,7 +147,11 @@ class AccountingRecord(msgspec.Struct, frozen=True, kw_only=True):
     account: str
     partition: str
     state: JobState
+    qos: str | None = None
     elapsed_seconds: int
+    exit_code: int | None = None
+    signal: int | None = None
+    time_limit_minutes: int | None = None
     submit_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -118,9 +160,19 @@ class AccountingRecord(msgspec.Struct, frozen=True, kw_only=True):
     allocated: Tres = msgspec.field(default_factory=dict)
     requested: Tres = msgspec.field(default_factory=dict)
 
+    @property
+    def display_id(self) -> str:
+        """The id as sacct's ``JobID`` shows it: ``446``, ``7_1``, ``446.batch``."""
+        base = f"{self.array_job_id}_{self.array_task_id}" if self.array_task_id is not None else str(self.job_id)
+        return f"{base}.{self.step}" if self.step is not None else base
+
 
 class Association(msgspec.Struct, frozen=True, kw_only=True):
+    """An account (``user`` None) or a user's association with it; ``grp_tres`` is the GrpTRES limit."""
+
     cluster: str
     account: str
     user: str | None
+    partition: str | None = None
     grp_tres: Tres = msgspec.field(default_factory=dict)
+    qos: tuple[str, ...] = ()

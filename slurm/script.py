@@ -2,8 +2,13 @@
 
 The script carries its resources as ``#SBATCH`` lines (so it reproduces with plain ``sbatch``), sets the
 environment, lays out the VirtAI-compatible paths (``/gemini/...``, or the same layout under the working
-directory where a node has no ``/gemini``), and runs the command, optionally in a container and/or through
-torchrun on every node of the allocation.
+directory where a node has no writable ``/gemini``), and runs the command, optionally in a container and/or
+through torchrun on every node of the allocation.
+
+Two rules keep user text away from a shell and from sbatch's directive parser: what goes on an ``#SBATCH``
+line must match a character allow-list (no blanks, quotes, ``#`` or newlines), and everything else reaches
+bash only through :func:`shlex.quote` (or verbatim inside a quoted here-document, for a user's own script).
+Allow-lists are applied with ``fullmatch``: ``re``'s ``$`` also matches before a final newline.
 """
 
 from __future__ import annotations
@@ -18,24 +23,29 @@ import msgspec
 
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_MOUNTS = 3
+MAX_MEM_MIB = 2**31
+MAX_TIME_MINUTES = 525_600
 ContainerRuntime = Literal["pyxis", "apptainer"]
 
 _SIMPLE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 _GPU_TYPE = re.compile(r"^[a-z0-9_.-]{1,32}$")
+_COMMENT = re.compile(r"^[A-Za-z0-9_.:@+=/-]{1,256}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = re.compile(
     r"^(SLURM_|SLURMD_|GEMINI_|REMOTEGPU_)|^(MASTER_ADDR|MASTER_PORT|NNODES|NPROC_PER_NODE|NODE_RANK)$"
 )
 _ARRAY = re.compile(r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$")
-_DEPENDENCY = re.compile(
-    r"^(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+)"
-    r"([,?](singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+))*$"
-)
+_DEP_ITEM = r"(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+)"
+_DEPENDENCY = re.compile(rf"^{_DEP_ITEM}([,?]{_DEP_ITEM})*$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+#-]{0,255}$")
 _OUTPUT_PATTERN = re.compile(r"^[A-Za-z0-9_./%+-]{1,4096}$")
+_DIRECTIVE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,4095}$")
+_ERROR_AT = re.compile(r" - at `\$\.(\w+)")
 
 DATASET_SLOTS = [("data-1", "GEMINI_DATA_IN1"), ("data-2", "GEMINI_DATA_IN2"), ("data-3", "GEMINI_DATA_IN3")]
 MODEL_SLOTS = [("pretrain", "GEMINI_PRETRAIN"), ("pretrain2", "GEMINI_PRETRAIN2"), ("pretrain3", "GEMINI_PRETRAIN3")]
+GEMINI = "/gemini"
+_IN_CONTAINER_SCRIPT = f"{GEMINI}/.job-script"
 
 
 class ScriptError(ValueError):
@@ -64,11 +74,13 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     gpu_type: str | None = None
     cpus_per_task: PositiveInt | None = None
-    mem_mib: PositiveInt | None = None
-    mem_per_cpu_mib: PositiveInt | None = None
-    time_minutes: PositiveInt | None = None
+    mem_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
+    mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
+    time_minutes: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIME_MINUTES)] | None = None
     partition: str | None = None
     qos: str | None = None
+    account: str | None = None
+    """None: no ``--account`` line (the gateway passes the workspace's account to sbatch itself)."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
     datasets: list[str] = msgspec.field(default_factory=list)
     """Up to 3 absolute paths, mounted read-only at /gemini/data-1..3."""
@@ -76,10 +88,15 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     """Up to 3 absolute paths, mounted read-only at /gemini/pretrain, pretrain2, pretrain3."""
     code_dir: str | None = None
     output_dir: str | None = None
+    work_dir: str | None = None
+    """``--chdir``; None: no line (sbatch's default, the submitting directory, or the caller's ``--chdir``)."""
     stdout: str | None = None
     stderr: str | None = None
     array: str | None = None
     dependency: str | None = None
+    hold: bool = False
+    comment: str | None = None
+    """The gateway's id for the job (``--comment``), how a crash-orphaned job is found again."""
     image: str | None = None
     launch: Literal["none", "torchrun"] = "none"
     nproc_per_node: PositiveInt | None = None
@@ -87,11 +104,19 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     master_port: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 29500
 
 
+class _Mount(msgspec.Struct, frozen=True):
+    slot: str
+    var: str
+    source: str | None
+    """None: an empty directory made for the job (code and output only)."""
+    read_only: bool
+
+
 # --- validation -----------------------------------------------------------------------------------------
 
 
 def _simple(field: str, value: str | None) -> None:
-    if value is not None and not _SIMPLE.match(value):
+    if value is not None and not _SIMPLE.fullmatch(value):
         raise ScriptError(field, "use 1-64 letters, digits, '_', '.', '+' or '-'")
 
 
@@ -111,10 +136,7 @@ def check_path(field: str, path: str) -> str:
     return path
 
 
-def validate(spec: JobSpec) -> None:
-    _simple("name", spec.name)
-    _simple("partition", spec.partition)
-    _simple("qos", spec.qos)
+def _check_command(spec: JobSpec) -> None:
     if (spec.command is None) == (spec.script is None):
         raise ScriptError("command", "give exactly one of command or script")
     if spec.command is not None:
@@ -126,41 +148,71 @@ def validate(spec: JobSpec) -> None:
         raise ScriptError("script_args", "only with a script")
     for arg in spec.script_args:
         _clean_text("script_args", arg)
-    if spec.mem_mib is not None and spec.mem_per_cpu_mib is not None:
-        raise ScriptError("mem_per_cpu_mib", "give mem or mem per CPU, not both")
     if spec.script is not None:
         _clean_text("script", spec.script)
         if len(spec.script.encode()) > MAX_SCRIPT_BYTES:
             raise ScriptError("script", f"larger than {MAX_SCRIPT_BYTES} bytes")
-    if spec.gpu_type is not None and not _GPU_TYPE.match(spec.gpu_type):
-        raise ScriptError("gpu_type", "use lowercase letters, digits, '_', '.', '-'")
-    for key, value in spec.env.items():
-        if not _ENV_NAME.match(key):
+    if spec.launch == "torchrun" and spec.script is not None:
+        raise ScriptError("launch", "torchrun runs a Python program: give it as command, not as a script")
+    if spec.launch == "none" and spec.nproc_per_node is not None:
+        raise ScriptError("nproc_per_node", "only with launch=torchrun")
+
+
+def _check_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
             raise ScriptError(f"env.{key}" if key.isprintable() else "env", "not a valid variable name")
         if _RESERVED_ENV.match(key):
             raise ScriptError(f"env.{key}", "reserved: set by Slurm or the gateway")
         _clean_text(f"env.{key}", value)
+
+
+def _check_paths(spec: JobSpec) -> None:
     for field, paths in (("datasets", spec.datasets), ("models", spec.models)):
         if len(paths) > MAX_MOUNTS:
             raise ScriptError(field, f"at most {MAX_MOUNTS}")
         for i, path in enumerate(paths):
             check_path(f"{field}[{i}]", path)
-    for field in ("code_dir", "output_dir"):
-        value = getattr(spec, field)
+    for field, value in (("code_dir", spec.code_dir), ("output_dir", spec.output_dir)):
         if value is not None:
             check_path(field, value)
-    for field in ("stdout", "stderr"):
-        value = getattr(spec, field)
-        if value is not None and (not _OUTPUT_PATTERN.match(value) or ".." in value.split("/")):
+    if spec.work_dir is not None and not _DIRECTIVE_PATH.fullmatch(check_path("work_dir", spec.work_dir)):
+        raise ScriptError("work_dir", "use a path of letters, digits and '_ . / + -'")
+    for field, value in (("stdout", spec.stdout), ("stderr", spec.stderr)):
+        if value is not None and (not _OUTPUT_PATTERN.fullmatch(value) or ".." in value.split("/")):
             raise ScriptError(field, "use a path of letters, digits and '_ . / % + -', without '..'")
-    if spec.array is not None and not _ARRAY.match(spec.array):
-        raise ScriptError("array", "use sbatch's syntax, e.g. 0-15 or 1,3,5%2")
-    if spec.dependency is not None and not _DEPENDENCY.match(spec.dependency):
-        raise ScriptError("dependency", "use sbatch's syntax, e.g. afterok:123 or singleton")
-    if spec.image is not None and not _IMAGE.match(spec.image):
-        raise ScriptError("image", "not a valid image reference")
-    if spec.launch == "none" and spec.nproc_per_node is not None:
-        raise ScriptError("nproc_per_node", "only with launch=torchrun")
+
+
+def _check_pattern(field: str, value: str | None, pattern: re.Pattern[str], hint: str) -> None:
+    if value is not None and not pattern.fullmatch(value):
+        raise ScriptError(field, hint)
+
+
+def _check_types(spec: JobSpec) -> None:
+    """Types and numeric bounds: a JobSpec built in Python skips the checks decoding would make."""
+    try:
+        msgspec.convert(msgspec.structs.asdict(spec), JobSpec)
+    except msgspec.ValidationError as exc:
+        message, *_ = str(exc).split(" - at ")
+        match = _ERROR_AT.search(str(exc))
+        raise ScriptError(match[1] if match else "spec", message) from None
+
+
+def validate(spec: JobSpec) -> None:
+    """Raise ScriptError naming the first field that cannot be rendered safely."""
+    _check_types(spec)
+    for field in ("name", "partition", "qos", "account"):
+        _simple(field, getattr(spec, field))
+    _check_command(spec)
+    if spec.mem_mib is not None and spec.mem_per_cpu_mib is not None:
+        raise ScriptError("mem_per_cpu_mib", "give mem or mem per CPU, not both")
+    _check_pattern("gpu_type", spec.gpu_type, _GPU_TYPE, "use lowercase letters, digits, '_', '.', '-'")
+    _check_env(spec.env)
+    _check_paths(spec)
+    _check_pattern("array", spec.array, _ARRAY, "use sbatch's syntax, e.g. 0-15 or 1,3,5%2")
+    _check_pattern("dependency", spec.dependency, _DEPENDENCY, "use sbatch's syntax, e.g. afterok:123 or singleton")
+    _check_pattern("comment", spec.comment, _COMMENT, "use 1-256 letters, digits and '_ . : @ + = / -'")
+    _check_pattern("image", spec.image, _IMAGE, "not a valid image reference")
 
 
 # --- rendering ------------------------------------------------------------------------------------------
@@ -168,52 +220,58 @@ def validate(spec: JobSpec) -> None:
 
 def directives(spec: JobSpec) -> list[str]:
     """``#SBATCH`` lines. Every value here was validated against a character allow-list."""
-    lines = [f"--job-name={spec.name}"] + ([f"--nodes={spec.nodes}"] if spec.nodes is not None else [])
-    if spec.ntasks is not None:
-        lines.append(f"--ntasks={spec.ntasks}")
     ntasks_per_node = spec.ntasks_per_node or (1 if spec.launch == "torchrun" else None)
-    if ntasks_per_node is not None:
-        lines.append(f"--ntasks-per-node={ntasks_per_node}")
+    gres = None
     if spec.gpus_per_node:
-        gpu = f"gpu:{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else f"gpu:{spec.gpus_per_node}"
-        lines.append(f"--gres={gpu}")
-    for option, value in (
+        gres = f"gpu:{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else f"gpu:{spec.gpus_per_node}"
+    lines = [f"--{option}={value}" for option, value in _directive_values(spec, ntasks_per_node, gres) if value]
+    lines += ["--hold"] if spec.hold else []
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | None) -> list[tuple[str, object]]:
+    return [
+        ("job-name", spec.name),
+        ("nodes", spec.nodes),
+        ("ntasks", spec.ntasks),
+        ("ntasks-per-node", ntasks_per_node),
+        ("gres", gres),
         ("cpus-per-task", spec.cpus_per_task),
         ("mem", f"{spec.mem_mib}M" if spec.mem_mib else None),
         ("mem-per-cpu", f"{spec.mem_per_cpu_mib}M" if spec.mem_per_cpu_mib else None),
         ("time", spec.time_minutes),
         ("partition", spec.partition),
         ("qos", spec.qos),
+        ("account", spec.account),
+        ("chdir", spec.work_dir),
         ("output", spec.stdout),
         ("error", spec.stderr),
         ("array", spec.array),
         ("dependency", spec.dependency),
-    ):
-        if value is not None:
-            lines.append(f"--{option}={value}")
-    return [f"#SBATCH {line}" for line in lines]
+        ("comment", spec.comment),
+    ]
 
 
-def _layout(spec: JobSpec) -> list[str]:
-    """The /gemini layout; under the working directory when the node has none."""
+def _mounts(spec: JobSpec) -> list[_Mount]:
+    mounts = [_Mount("code", "GEMINI_CODE", spec.code_dir, read_only=False)]
+    mounts += [_Mount(slot, var, src, True) for (slot, var), src in zip(DATASET_SLOTS, spec.datasets, strict=False)]
+    mounts += [_Mount(slot, var, src, True) for (slot, var), src in zip(MODEL_SLOTS, spec.models, strict=False)]
+    return [*mounts, _Mount("output", "GEMINI_DATA_OUT", spec.output_dir, read_only=False)]
+
+
+def _layout(mounts: list[_Mount], gemini_root: str) -> list[str]:
+    """The /gemini layout on the node; under the working directory where the node has no writable one."""
+    root = shlex.quote(gemini_root)
     out = [
-        'if [ -d /gemini ] && [ -w /gemini ]; then GEMINI_ROOT=/gemini; else GEMINI_ROOT="$PWD/gemini"; fi',
+        f'if [ -d {root} ] && [ -w {root} ]; then GEMINI_ROOT={root}; else GEMINI_ROOT="$PWD/gemini"; fi',
         'mkdir -p "$GEMINI_ROOT"',
     ]
-    mounts = [(slot, var, src) for (slot, var), src in zip(DATASET_SLOTS, spec.datasets, strict=False)]
-    mounts += [(slot, var, src) for (slot, var), src in zip(MODEL_SLOTS, spec.models, strict=False)]
-    if spec.code_dir:
-        mounts.append(("code", "GEMINI_CODE", spec.code_dir))
-    for slot, var, src in mounts:
-        out.append(f'ln -sfn {shlex.quote(src)} "$GEMINI_ROOT/{slot}"')
-        out.append(f'export {var}="$GEMINI_ROOT/{slot}"')
-    if spec.output_dir:
-        out.append(f'ln -sfn {shlex.quote(spec.output_dir)} "$GEMINI_ROOT/output"')
-    else:
-        out.append('mkdir -p "$GEMINI_ROOT/output"')
-    out.append('export GEMINI_DATA_OUT="$GEMINI_ROOT/output"')
-    if not spec.code_dir:
-        out += ['mkdir -p "$GEMINI_ROOT/code"', 'export GEMINI_CODE="$GEMINI_ROOT/code"']
+    for m in mounts:
+        if m.source is None:
+            out.append(f'mkdir -p "$GEMINI_ROOT/{m.slot}"')
+        else:
+            out.append(f'ln -sfn {shlex.quote(m.source)} "$GEMINI_ROOT/{m.slot}"')
+        out.append(f'export {m.var}="$GEMINI_ROOT/{m.slot}"')
     return out
 
 
@@ -228,71 +286,97 @@ def _heredoc_marker(text: str) -> str:
     raise ScriptError("script", "cannot be embedded")  # would need a SHA-256 preimage
 
 
-def _container(spec: JobSpec, runtime: ContainerRuntime | None, argv: list[str]) -> list[str]:
-    if spec.image is None:
-        return argv
-    if runtime is None:
-        raise ScriptError("image", "this cluster runs no container runtime; remove the image")
-    if runtime == "apptainer":
-        return ["apptainer", "exec", "--nv", "--bind", '"$GEMINI_ROOT":/gemini', shlex.quote(spec.image), *argv]
-    return argv  # pyxis: the image goes on srun (see _run_lines)
-
-
-def _run_lines(spec: JobSpec, runtime: ContainerRuntime | None) -> list[str]:
-    lines: list[str] = []
-    if spec.script is not None:
-        marker = _heredoc_marker(spec.script)
-        lines += [
-            'REMOTEGPU_USER_SCRIPT="$(mktemp)"',
-            f"cat > \"$REMOTEGPU_USER_SCRIPT\" <<'{marker}'",
-            spec.script.rstrip("\n"),
-            marker,
-        ]
-        # A script runs with its own interpreter line, as under sbatch; without one, with bash.
-        interpreter = [] if spec.script.startswith("#!") else ["bash"]
-        if not interpreter:
-            lines.append('chmod u+x "$REMOTEGPU_USER_SCRIPT"')
-        argv = [*interpreter, '"$REMOTEGPU_USER_SCRIPT"', *(shlex.quote(a) for a in spec.script_args)]
+def _user_program(spec: JobSpec, in_container: bool) -> tuple[list[str], list[str]]:
+    """Lines that prepare the program, and its argv as shell words (already quoted)."""
+    if spec.script is None:
+        return [], [shlex.quote(a) for a in spec.command or []]
+    marker = _heredoc_marker(spec.script)
+    setup = [
+        'REMOTEGPU_USER_SCRIPT="$(mktemp)"',
+        "trap 'rm -f \"$REMOTEGPU_USER_SCRIPT\"' EXIT",
+        f"cat > \"$REMOTEGPU_USER_SCRIPT\" <<'{marker}'",
+        spec.script.rstrip("\n"),
+        marker,
+    ]
+    path = _IN_CONTAINER_SCRIPT if in_container else '"$REMOTEGPU_USER_SCRIPT"'
+    # A script runs with its own interpreter line, as under sbatch; without one, with bash.
+    if spec.script.startswith("#!"):
+        setup.append('chmod u+x "$REMOTEGPU_USER_SCRIPT"')
+        interpreter = []
     else:
-        argv = [shlex.quote(a) for a in spec.command or []]
-    argv = _container(spec, runtime, argv)
-    srun = ["srun"]
-    if spec.image is not None and runtime == "pyxis":
-        srun += [f"--container-image={shlex.quote(spec.image)}", '--container-mounts="$GEMINI_ROOT":/gemini']
+        interpreter = ["bash"]
+    return setup, [*interpreter, path, *(shlex.quote(a) for a in spec.script_args)]
+
+
+def _container(spec: JobSpec, runtime: ContainerRuntime, mounts: list[_Mount]) -> tuple[list[str], list[str]]:
+    """srun options and the words before the program: each /gemini slot bound in, GEMINI_* pointing there.
+
+    The host layout holds symlinks to host paths, so binding it whole would leave dangling links inside;
+    each slot is bound from where it really is instead, and the env vars say /gemini/... in the container.
+    """
+    binds = [f'"$GEMINI_ROOT/{m.slot}":{GEMINI}/{m.slot}' + (":ro" if m.read_only else "") for m in mounts]
+    if spec.script is not None:
+        binds.append(f'"$REMOTEGPU_USER_SCRIPT":{_IN_CONTAINER_SCRIPT}:ro')
+    env = ["env", *(f"{m.var}={GEMINI}/{m.slot}" for m in mounts)]
+    image = shlex.quote(spec.image or "")
+    if runtime == "pyxis":
+        return [f"--container-image={image}", f"--container-mounts={','.join(binds)}"], env
+    return [], ["apptainer", "exec", "--nv", *(f"--bind {b}" for b in binds), image, *env]
+
+
+def _run_lines(spec: JobSpec, runtime: ContainerRuntime | None, mounts: list[_Mount]) -> tuple[list[str], str]:
+    """Lines that prepare the run, and the line that runs the program (its status is the job's)."""
+    if spec.image is not None and runtime is None:
+        raise ScriptError("image", "this cluster runs no container runtime; remove the image")
+    in_container = spec.image is not None
+    lines, argv = _user_program(spec, in_container)
+    srun_options: list[str] = []
+    prefix: list[str] = []
+    if in_container:
+        assert runtime is not None
+        # Bind specs are comma/colon separated: a working directory holding either cannot be bound.
+        lines.append(
+            'case "$GEMINI_ROOT" in *[,:]*) echo "remotegpu: cannot bind $GEMINI_ROOT into a container'
+            " (',' or ':' in the path)\" >&2; exit 2;; esac"
+        )
+        srun_options, prefix = _container(spec, runtime, mounts)
     if spec.launch == "torchrun":
         nproc = spec.nproc_per_node or max(spec.gpus_per_node, 1)
+        launcher = (
+            'export NODE_RANK="$SLURM_NODEID"; exec torchrun --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE" '
+            '--node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$@"'
+        )
         lines += [
             'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
             f'export MASTER_ADDR MASTER_PORT={spec.master_port} NNODES="$SLURM_JOB_NUM_NODES" NPROC_PER_NODE={nproc}',
-            # One torchrun per node; each learns its rank from Slurm. User arguments arrive as "$@".
-            " ".join(
-                [
-                    *srun,
-                    "--ntasks-per-node=1",
-                    "--kill-on-bad-exit=1",
-                    "bash",
-                    "-c",
-                    shlex.quote(
-                        'export NODE_RANK="$SLURM_NODEID"; exec torchrun --nnodes="$NNODES" '
-                        '--nproc_per_node="$NPROC_PER_NODE" --node_rank="$NODE_RANK" '
-                        '--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$@"'
-                    ),
-                    "torchrun",
-                    *argv,
-                ]
-            ),
         ]
-    elif spec.image is not None and runtime == "pyxis":
-        lines.append(" ".join([*srun, *argv]))
+        # One torchrun per node; each learns its rank from Slurm. User arguments arrive as "$@".
+        run = ["srun", *srun_options, "--ntasks-per-node=1", "--kill-on-bad-exit=1", *prefix]
+        run += ["bash", "-c", shlex.quote(launcher), "torchrun", *argv]
+    elif srun_options:  # pyxis needs a step; like a bare command, it runs once, on the first node
+        run = ["srun", "--nodes=1", "--ntasks=1", *srun_options, *prefix, *argv]
     else:
-        lines.append(" ".join(argv))
-    return lines
+        run = [*prefix, *argv]
+    return lines, " ".join(run)
 
 
-def render(spec: JobSpec, *, container_runtime: ContainerRuntime | None = None, sbatch_lines: bool = True) -> str:
-    """The whole batch script. ``sbatch_lines=False`` leaves out the ``#SBATCH`` header (tests run the body)."""
+def render(
+    spec: JobSpec,
+    *,
+    container_runtime: ContainerRuntime | None = None,
+    sbatch_lines: bool = True,
+    gemini_root: str = GEMINI,
+) -> str:
+    """The whole batch script.
+
+    ``sbatch_lines=False`` leaves out the ``#SBATCH`` header (tests run the body with bash); ``gemini_root``
+    is where the node's layout is looked for (tests point it at a temporary directory).
+    """
     validate(spec)
+    check_path("gemini_root", gemini_root)
+    mounts = _mounts(spec)
+    setup, run = _run_lines(spec, container_runtime, mounts)
     head = ["#!/bin/bash", *(directives(spec) if sbatch_lines else []), "# rendered by RemoteGPU Gateway", "set -e"]
+    # The user's variables come after the layout, so that e.g. their PATH cannot break it.
     env = [f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())]
-    body = [*_layout(spec), "set +e", *_run_lines(spec, container_runtime)]
-    return "\n".join([*head, *env, *body]) + "\n"
+    return "\n".join([*head, *_layout(mounts, gemini_root), *env, *setup, "set +e", run]) + "\n"

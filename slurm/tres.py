@@ -1,29 +1,29 @@
-"""TRES strings (``cpu=2,mem=2G,node=1,gres/gpu:a100=1``) and memory sizes, as Slurm writes them."""
+"""TRES strings (``cpu=2,mem=2G,node=1,gres/gpu:a100=1``), as Slurm writes them."""
 
 from __future__ import annotations
 
-_MIB_PER_UNIT = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "P": 1024**3}
+from slurm.units import memory_mib
 
-
-def memory_mib(value: str) -> int:
-    """``512`` (MiB, Slurm's default unit), ``256M``, ``2G``, ``1.5T`` -> MiB."""
-    text = value.strip().upper()
-    if not text:
-        raise ValueError("empty memory size")
-    unit = text[-1] if text[-1] in _MIB_PER_UNIT else "M"
-    number = text[:-1] if text[-1] in _MIB_PER_UNIT else text
-    return round(float(number) * _MIB_PER_UNIT[unit])
+__all__ = ["format_tres", "gpu_count", "memory_mib", "parse_tres"]
 
 
 def parse_tres(text: str | None) -> dict[str, int]:
-    """Parse a TRES string; ``mem`` becomes MiB. Empty or missing gives ``{}``."""
+    """Parse a TRES string; ``mem`` becomes MiB (``256M``, ``2G``; a bare number is already MiB).
+
+    Empty or missing gives ``{}``. A malformed entry raises ValueError naming it.
+    """
     result: dict[str, int] = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
-        name, _, value = part.partition("=")
+        name, eq, value = part.partition("=")
         name = name.strip()
-        result[name] = memory_mib(value) if name == "mem" else int(float(value))
+        if not eq or not name:
+            raise ValueError(f"not a TRES entry: {part!r} (want name=count)")
+        try:
+            result[name] = memory_mib(value) if name == "mem" else int(float(value))
+        except ValueError:
+            raise ValueError(f"not a TRES count: {part!r}") from None
     return result
 
 

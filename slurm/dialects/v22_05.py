@@ -1,82 +1,108 @@
-"""Slurm 22.05: ``squeue --json`` and ``sacct --json``.
+"""Slurm 22.05 (openapi v0.0.38): ``squeue --json`` and ``sacct --json``, and the same schemas over REST.
 
 Facts of this release: squeue ignores filters when asked for JSON (we parse everything); with the controller
 down it still exits 0, printing no jobs and an ``errors`` list (so errors must be checked, or every job would
-look gone); sacct's JSON exit codes are always 0 (use the state); squeue's ``exit_code`` is a raw wait status;
-times are epoch seconds with 0 meaning unset.
+look gone), while sacct reports finding no jobs as an error too (9003, "Nothing found"), which is no outage;
+sacct's JSON exit codes are always 0, for jobs and steps alike (so they are reported as unknown, None: use the
+state, or the text parser); squeue's ``exit_code`` is a raw wait status; times are epoch seconds with 0
+meaning unset; squeue's ``end_time`` of a live job and ``start_time`` of a pending one are projections.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from slurm.dialects.parsable import parse_associations, parse_sacct_parsable
 from slurm.errors import SlurmUnavailable
-from slurm.records import AccountingRecord, Job, JobState
+from slurm.hostlist import expand_hostlist
+from slurm.records import AccountingRecord, Allocation, Job, JobState, NodeAllocation
 from slurm.tres import parse_tres
+
+__all__ = ["RELEASE", "parse_associations", "parse_sacct", "parse_sacct_parsable", "parse_squeue"]
+
+RELEASE = (22, 5)
+_NOTHING_FOUND = 9003
+# gres_detail, one entry per allocated node: "gpu:1(IDX:0)", "gpu:a100:2(IDX:0-1)", "gpu:a100:3(IDX:0,2-3)"
+_GRES_DETAIL = re.compile(r"gpu(?::(?P<type>[^:(]+))?:\d+\(IDX:(?P<idx>[^)]*)\)")
 
 
 def _time(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) and value > 0 else None
 
 
-def _nodes(value: str | None) -> tuple[str, ...]:
-    return tuple(expand_hostlist(value)) if value else ()
+def _indices(text: str) -> tuple[int, ...]:
+    """``0,2-3`` -> ``(0, 2, 3)``; ``N/A`` -> ``()``."""
+    out: list[int] = []
+    for item in text.split(","):
+        low, _, high = item.partition("-")
+        if low.isdigit() and (not high or high.isdigit()):
+            out.extend(range(int(low), int(high or low) + 1))
+    return tuple(out)
 
 
-def expand_hostlist(text: str) -> list[str]:
-    """``n[1-3,5],gpu7`` -> ``["n1", "n2", "n3", "n5", "gpu7"]`` (zero padding kept)."""
-    hosts: list[str] = []
-    depth, start = 0, 0
-    parts: list[str] = []
-    for i, ch in enumerate(text):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    for part in filter(None, (p.strip() for p in parts)):
-        if "[" not in part:
-            hosts.append(part)
-            continue
-        prefix, _, rest = part.partition("[")
-        ranges, _, suffix = rest.partition("]")
-        for item in ranges.split(","):
-            low, _, high = item.partition("-")
-            width = len(low)
-            for n in range(int(low), int(high or low) + 1):
-                hosts.append(f"{prefix}{n:0{width}d}{suffix}")
-    return hosts
+def _node_allocation(node: dict[str, Any], gres: str | None) -> NodeAllocation:
+    sockets = node.get("sockets") or {}
+    cores = sum(
+        1 for socket in sockets.values() for state in (socket.get("cores") or {}).values() if state == "allocated"
+    )
+    match = _GRES_DETAIL.search(gres or "")
+    gpu_type = match["type"] if match and match["type"] not in (None, "(null)") else None
+    return NodeAllocation(
+        node=str(node.get("nodename", "")),
+        cores=cores,
+        memory_mib=node.get("memory_allocated"),
+        gpu_indices=_indices(match["idx"]) if match else (),
+        gpu_type=gpu_type,
+    )
+
+
+def _allocation(raw: dict[str, Any], state: JobState) -> Allocation | None:
+    resources = raw.get("job_resources") or {}
+    nodes = resources.get("allocated_nodes") or []
+    if state.is_terminal or state == JobState.PENDING or not nodes:
+        return None
+    details = list(raw.get("gres_detail") or [])
+    details += [None] * (len(nodes) - len(details))
+    return Allocation(
+        job_id=int(raw["job_id"]),
+        nodes=tuple(_node_allocation(node, gres) for node, gres in zip(nodes, details, strict=False)),
+    )
 
 
 def _job(raw: dict[str, Any]) -> Job:
+    state = JobState.parse(raw.get("job_state"))
     status = raw.get("exit_code")
     exit_code = signal = None
-    if isinstance(status, int) and JobState.parse(raw.get("job_state")).is_terminal:
+    if isinstance(status, int) and state.is_terminal:
         exit_code, signal = (status >> 8) & 0xFF, status & 0x7F
     array_task = raw.get("array_task_id")
+    nodes = tuple(expand_hostlist(raw.get("nodes")))
+    # A pending job's start_time is the scheduler's estimate, and one cancelled while pending gets the cancel
+    # time: only a job that got nodes has started.
+    started = state != JobState.PENDING and bool(nodes)
     return Job(
         job_id=int(raw["job_id"]),
         name=raw.get("name") or "",
         user=raw.get("user_name") or "",
         account=raw.get("account") or "",
         partition=raw.get("partition") or "",
-        state=JobState.parse(raw.get("job_state")),
+        state=state,
         reason=None if raw.get("state_reason") in (None, "", "None") else raw["state_reason"],
         array_job_id=raw.get("array_job_id") or None,
         array_task_id=array_task if isinstance(array_task, int) else None,
         qos=raw.get("qos") or None,
-        nodes=_nodes(raw.get("nodes")),
+        nodes=nodes,
         node_count=raw.get("node_count") or 0,
         cpus=raw.get("cpus") or 0,
         tasks=raw.get("tasks") or 0,
         time_limit_minutes=raw.get("time_limit"),
         submit_time=_time(raw.get("submit_time")),
-        start_time=_time(raw.get("start_time")),
-        end_time=_time(raw.get("end_time")) if JobState.parse(raw.get("job_state")).is_terminal else None,
+        start_time=_time(raw.get("start_time")) if started else None,
+        end_time=_time(raw.get("end_time")) if state.is_terminal else None,
         exit_code=exit_code,
         signal=signal,
         comment=raw.get("comment") or "",
@@ -86,11 +112,12 @@ def _job(raw: dict[str, Any]) -> Job:
         dependency=raw.get("dependency") or "",
         requested=parse_tres(raw.get("tres_req_str")),
         allocated=parse_tres(raw.get("tres_alloc_str")),
+        allocation=_allocation(raw, state),
     )
 
 
 def _tres_list(entries: list[dict[str, Any]] | None) -> dict[str, int]:
-    """sacct's ``[{type, name, count}]`` -> ``{"gres/gpu": 1, ...}`` (mem is already MiB)."""
+    """sacct's ``[{type, name, count}]`` -> ``{"gres/gpu": 1, "gres/gpu:a100": 1, ...}`` (mem is already MiB)."""
     out: dict[str, int] = {}
     for entry in entries or []:
         if entry.get("count") is None:
@@ -100,10 +127,19 @@ def _tres_list(entries: list[dict[str, Any]] | None) -> dict[str, int]:
     return out
 
 
+def _signal(exit_code: dict[str, Any] | None) -> int | None:
+    """The one part of 22.05's JSON exit code that is right: a step killed by a signal says which."""
+    if exit_code and exit_code.get("status") == "SIGNALED":
+        signal = (exit_code.get("signal") or {}).get("signal_id")
+        return signal if isinstance(signal, int) else None
+    return None
+
+
 def _record(raw: dict[str, Any]) -> AccountingRecord:
     time = raw.get("time") or {}
     array = raw.get("array") or {}
     comment = raw.get("comment")
+    limit = time.get("limit")
     return AccountingRecord(
         job_id=int(raw["job_id"]),
         array_job_id=array.get("job_id") or None,
@@ -112,21 +148,44 @@ def _record(raw: dict[str, Any]) -> AccountingRecord:
         user=raw.get("user") or "",
         account=raw.get("account") or "",
         partition=raw.get("partition") or "",
+        qos=raw.get("qos") or None,
         state=JobState.parse((raw.get("state") or {}).get("current")),
         elapsed_seconds=int(time.get("elapsed") or 0),
+        time_limit_minutes=limit if isinstance(limit, int) else None,
         submit_time=_time(time.get("submission")),
         start_time=_time(time.get("start")),
         end_time=_time(time.get("end")),
-        nodes=raw.get("nodes") or "",
+        nodes="" if raw.get("nodes") == "None assigned" else raw.get("nodes") or "",
         comment=(comment.get("job") if isinstance(comment, dict) else comment) or "",
         allocated=_tres_list((raw.get("tres") or {}).get("allocated")),
         requested=_tres_list((raw.get("tres") or {}).get("requested")),
     )
 
 
+def _step_record(job: AccountingRecord, raw: dict[str, Any]) -> AccountingRecord:
+    step = raw.get("step") or {}
+    time = raw.get("time") or {}
+    return msgspec.structs.replace(
+        job,
+        job_id=int(step.get("job_id") or job.job_id),
+        step=str(step.get("id")),
+        name=str(step.get("name") or ""),
+        state=JobState.parse(raw.get("state")),
+        elapsed_seconds=int(time.get("elapsed") or 0),
+        signal=_signal(raw.get("exit_code")),
+        submit_time=None,
+        start_time=_time(time.get("start")),
+        end_time=_time(time.get("end")),
+        nodes=str((raw.get("nodes") or {}).get("range") or ""),
+        allocated=_tres_list((raw.get("tres") or {}).get("allocated")),
+        requested={},
+    )
+
+
 def _decode(payload: bytes | str, command: str) -> list[dict[str, Any]]:
     document = msgspec.json.decode(payload)
-    errors = document.get("errors") or []
+    # sacct (and /slurmdb) report an empty result as error 9003 "Nothing found": that is no jobs, not an outage.
+    errors = [e for e in document.get("errors") or [] if e.get("error_number") != _NOTHING_FOUND]
     if errors:
         described = "; ".join(f"{e.get('source', '?')}: {e.get('description') or e.get('error')}" for e in errors)
         raise SlurmUnavailable(f"{command} reported errors: {described}", command=command)
@@ -139,5 +198,12 @@ def parse_squeue(payload: bytes | str) -> list[Job]:
     return [_job(raw) for raw in _decode(payload, "squeue")]
 
 
-def parse_sacct(payload: bytes | str) -> list[AccountingRecord]:
-    return [_record(raw) for raw in _decode(payload, "sacct")]
+def parse_sacct(payload: bytes | str, *, steps: bool = False) -> list[AccountingRecord]:
+    """One record per job (what billing and the poller read); ``steps=True`` adds one per step after each."""
+    records: list[AccountingRecord] = []
+    for raw in _decode(payload, "sacct"):
+        job = _record(raw)
+        records.append(job)
+        if steps:
+            records += [_step_record(job, s) for s in raw.get("steps") or []]
+    return records
