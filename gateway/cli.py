@@ -308,7 +308,7 @@ def submit(args: tuple[str, ...]) -> None:
 
     Reads #SBATCH directives (the command line overrides them). Supported: -J -N -n -c --ntasks-per-node --gres
     --gpus --gpus-per-node --mem --mem-per-cpu -t -p -q -a/--array -d/--dependency -o -e --export -D -H/--hold,
-    plus --workspace, --dataset, --model, --image.
+    -A/--account (picks the workspace with that Slurm account), plus --workspace, --dataset, --model, --image.
     """
     from gateway.client.sbatch import job_request
     from slurm.directives import OPTIONS, DirectiveError
@@ -334,15 +334,15 @@ def submit(args: tuple[str, ...]) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot read {script_path}: {exc.strerror}") from exc
     try:
-        workspace, body = job_request(
+        request = job_request(
             str(script_path), script, argv[:index] + argv[index + 1 :], cwd=str(Path.cwd()), environ=os.environ
         )
     except DirectiveError as exc:
         raise click.ClickException(str(exc)) from exc
 
     def send(client: Any) -> Any:
-        ws = workspace or client.default_workspace()
-        return client.request("POST", f"/workspaces/{ws}/jobs", json=body)
+        ws = client.workspace_for(request.workspace, request.account)
+        return client.request("POST", f"/workspaces/{ws}/jobs", json=request.body)
 
     job = _client_call(send)
     click.echo(f"Submitted job {job['id']} (Slurm job {job['slurm_job_id']})")

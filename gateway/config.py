@@ -16,6 +16,8 @@ import msgspec
 import platformdirs
 from sqlalchemy.engine import make_url
 
+from gateway.schemas import whole
+
 ENV_PREFIX = "REMOTEGPU_"
 
 
@@ -52,7 +54,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     workspace_creation: Literal["any", "admin"] = "any"
     """Who may create workspaces: any active user (who becomes its owner) or platform admins only."""
-    default_currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "CNY"
+    default_currency: Annotated[str, msgspec.Meta(pattern=whole(r"[A-Z]{3}"))] = "CNY"
     slurm_conf: str | None = None
     """slurm.conf of the cluster (``SLURM_CONF`` for Slurm's commands); None: Slurm's default."""
     slurm_run_as: Literal["runuser", "sudo"] = "runuser"

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from gateway.db.request_sessions import close_request_sessions
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 access_log = structlog.get_logger("gateway.access")
 _access_logger = logging.getLogger("gateway.access")
@@ -70,7 +70,7 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
+            if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
     return os.urandom(16).hex()

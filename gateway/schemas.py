@@ -9,8 +9,18 @@ from litestar.params import PathParameter, QueryParameter
 
 T = TypeVar("T")
 
-USERNAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
-SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+
+def whole(body: str) -> str:
+    """Anchor an allow-list pattern so that it must match the whole value.
+
+    Python's ``$`` also matches before a trailing newline (``"alice\\n"`` would pass ``^[a-z]+$``); ``(?!\\n)$``
+    does not, and unlike ``\\Z`` it is also valid in the ECMA-262 dialect that OpenAPI clients read.
+    """
+    return rf"^(?:{body})(?!\n)$"
+
+
+USERNAME_PATTERN = whole(r"[a-z_][a-z0-9_-]{0,31}")
+SLUG_PATTERN = whole(r"[a-z][a-z0-9-]{1,30}[a-z0-9]")
 
 # POSIX-portable account names, also valid as Slurm user names.
 UserName = Annotated[
@@ -33,17 +43,24 @@ Slug = Annotated[
         examples=["vision-lab"],
     ),
 ]
-SlurmAccount = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$", max_length=64)]
+SlurmAccount = Annotated[str, msgspec.Meta(pattern=whole(r"[a-z][a-z0-9_-]{0,63}"), max_length=64)]
 DisplayName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
+    str,
+    msgspec.Meta(min_length=1, max_length=128, pattern=whole(r"[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*")),
 ]
 Description = Annotated[str, msgspec.Meta(max_length=4096)]
-Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$", max_length=254)]
-Region = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", max_length=64)]
-GpuType = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$", max_length=32)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=whole(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,189}\.[^@\s\x00-\x1f\x7f]{1,63}"),
+        max_length=254,
+    ),
+]
+Region = Annotated[str, msgspec.Meta(pattern=whole(r"[a-z0-9][a-z0-9-]{0,63}"), max_length=64)]
+GpuType = Annotated[str, msgspec.Meta(pattern=whole(r"[a-z0-9][a-z0-9_.-]{0,31}"), max_length=32)]
+Currency = Annotated[str, msgspec.Meta(pattern=whole(r"[A-Z]{3}"), description="ISO 4217 code")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
-TokenName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ._:@-]{1,64}$", max_length=64)]
+TokenName = Annotated[str, msgspec.Meta(pattern=whole(r"[A-Za-z0-9 ._:@-]{1,64}"), max_length=64)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 

@@ -69,6 +69,23 @@ class GatewayClient:
             raise ApiError(response.status_code, problem)
         return response.json() if response.content else None
 
+    def workspace_for(self, workspace: str | None, account: str | None) -> str:
+        """The workspace a submission goes to: ``--workspace``, else the one whose Slurm account is ``-A``,
+        else the default. A workspace and an account that disagree are refused rather than guessed between."""
+        if account is None:
+            return workspace or self.default_workspace()
+        if workspace is not None:
+            if self.request("GET", f"/workspaces/{workspace}")["slurm_account"] != account:
+                raise ApiError(
+                    400, _field_problem("account", f"workspace {workspace} does not use Slurm account {account}")
+                )
+            return workspace
+        page = self.request("GET", "/workspaces", params={"mine": True, "limit": 500})
+        for ws in page["items"]:
+            if ws["slurm_account"] == account:
+                return str(ws["slug"])
+        raise ApiError(400, _field_problem("account", f"none of your workspaces uses Slurm account {account}"))
+
     def default_workspace(self) -> str:
         creds = load_credentials()
         if creds.get("workspace"):
@@ -76,10 +93,9 @@ class GatewayClient:
         memberships = self.request("GET", "/me")["workspaces"]
         if len(memberships) == 1:
             return str(memberships[0]["workspace"])
-        raise ApiError(
-            400,
-            {
-                "detail": "choose a workspace with --workspace (or REMOTEGPU_WORKSPACE)",
-                "errors": [{"field": "workspace"}],
-            },
-        )
+        raise ApiError(400, _field_problem("workspace", "choose a workspace with --workspace (or REMOTEGPU_WORKSPACE)"))
+
+
+def _field_problem(field: str, detail: str) -> dict[str, Any]:
+    """A problem+json body as the gateway writes them, for mistakes the CLI finds itself."""
+    return {"detail": detail, "errors": [{"field": field, "message": detail}]}

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
-from slurm.directives import DirectiveError, Options, minutes, parse
-from slurm.tres import memory_mib
+import msgspec
+
+from slurm.directives import DirectiveError, Options, memory, minutes, parse
 
 _GPU = re.compile(r"^gpu(?::(?P<type>[a-z0-9_.-]+))?(?::(?P<count>\d+))?$")
 _TYPED_COUNT = re.compile(r"^(?:(?P<type>[a-z0-9_.-]+):)?(?P<count>\d+)$")
@@ -57,10 +58,22 @@ def _export(value: str | None, environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``remotegpu submit`` sends: the job body, and where it goes.
+
+    ``workspace`` comes from ``--workspace``; ``account`` from ``-A/--account``, which names a workspace by its
+    Slurm account (scripts written for sbatch carry one); the CLI resolves either (or the default workspace).
+    """
+
+    workspace: str | None
+    account: str | None
+    body: dict[str, Any]
+
+
 def job_request(
     script_path: str, script: str, argv: Sequence[str], *, cwd: str, environ: Mapping[str, str]
-) -> tuple[str | None, dict[str, Any]]:
-    """The workspace asked for (``--workspace``, or None) and the job body for the API."""
+) -> JobRequest:
+    """sbatch options and ``#SBATCH`` directives -> the API request (pure: reads no file, calls nothing)."""
     options, script_args = parse(script, argv)
     nodes = _int(options, "nodes")
     gpus_per_node, gpu_type = _gpus(options, nodes or 1)
@@ -85,7 +98,7 @@ def job_request(
             body[field] = number
     for option, field in (("mem", "mem_mib"), ("mem-per-cpu", "mem_per_cpu_mib")):
         if isinstance(value := options.get(option), str):
-            body[field] = memory_mib(value)
+            body[field] = memory(value, option)
     if isinstance(value := options.get("time"), str):
         body["time_minutes"] = minutes(value)
     for option, field in (
@@ -105,5 +118,9 @@ def job_request(
         values = options.get(option)
         if isinstance(values, list):
             body[field] = values
-    workspace = options.get("workspace")
-    return workspace if isinstance(workspace, str) else None, body
+    workspace, account = options.get("workspace"), options.get("account")
+    return JobRequest(
+        workspace=workspace if isinstance(workspace, str) else None,
+        account=account if isinstance(account, str) else None,
+        body=body,
+    )

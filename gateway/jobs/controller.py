@@ -13,13 +13,13 @@ from gateway.dependencies import BEARER, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.jobs.schemas import JobCreate, JobLogs, JobOut
 from gateway.jobs.service import JobService, tail
-from gateway.schemas import Page
+from gateway.schemas import Page, whole
 from gateway.users.models import User
 from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
-JobId = Annotated[str, PathParameter(pattern=r"^[0-9a-f]{32}$")]
+JobId = Annotated[str, PathParameter(pattern=whole(r"[0-9a-f]{32}"))]
 IdempotencyKey = Annotated[
-    str | None, HeaderParameter(name="Idempotency-Key", max_length=128, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    str | None, HeaderParameter(name="Idempotency-Key", max_length=128, pattern=whole(r"[A-Za-z0-9._:-]{1,128}"))
 ]
 
 
@@ -78,7 +78,7 @@ class JobController(Controller):
         access: Access,
         jobs: Jobs,
         job_id: JobId,
-        action: Annotated[str, PathParameter(pattern=r"^(cancel|hold|release)$")],
+        action: Annotated[str, PathParameter(pattern=whole(r"(cancel|hold|release)"))],
     ) -> JobOut:
         """cancel, hold or release; the state follows once the poller has seen Slurm act."""
         job = await jobs.control(db_session, access, job_id, action)

@@ -114,3 +114,11 @@ def test_login_submit_follow(
     assert job_id[1] in listed and "COMPLETED" in listed and "cli-e2e" in listed
     logs = cli(env, "logs", job_id[1])
     assert logs.stdout.strip() == f"hello world from {user} gpu=0", logs.stderr
+
+    wrong = cli(env, "submit", "-A", "not-mine", "job.sh", cwd=home)
+    assert wrong.returncode == 1 and "not-mine" in wrong.stderr, wrong.stderr
+    by_account = cli(env, "submit", "-A", slurm_account, "--hold", "job.sh", "again", cwd=home)
+    assert by_account.returncode == 0, by_account.stderr
+    held = re.search(r"Submitted job ([0-9a-f]{32})", by_account.stdout)
+    assert held, by_account.stdout
+    assert cli(env, "cancel", held[1]).returncode == 0

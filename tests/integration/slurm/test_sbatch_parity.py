@@ -140,7 +140,7 @@ async def test_same_job_both_ways(
     )
     raw_id = int(raw_out.strip().split(";")[0])
 
-    _, body = job_request(str(script), CORPUS[name], ["--hold"], cwd=home, environ={})
+    body = job_request(str(script), CORPUS[name], ["--hold"], cwd=home, environ={}).body
     r = await api.post("/api/v1/workspaces/parity/jobs", json=body, headers=headers)
     assert r.status_code == 201, r.text
     ours_id = r.json()["slurm_job_id"]

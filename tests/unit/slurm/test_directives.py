@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.client.sbatch import job_request
 from slurm.directives import OPTIONS, DirectiveError, Options, memory, minutes, parse, script_directives
 
 SCRIPT = """#!/bin/bash
@@ -157,29 +156,3 @@ def test_memory() -> None:
     for bad, error in (("0", "all of a node"), ("lots", "memory size")):
         with pytest.raises(DirectiveError, match=error):
             memory(bad, "mem-per-cpu")
-
-
-# --- the gateway's use of the parser (gateway/client/sbatch.py) -------------------------------------------
-
-
-def test_job_request_mapping() -> None:
-    ws, body = job_request(
-        "/home/a/train.sh",
-        SCRIPT,
-        ["--workspace", "lab", "-H", "--export=ALL,LR=0.1,HOME", "-o", "out-%j.txt", "x"],
-        cwd="/home/a",
-        environ={"HOME": "/home/a"},
-    )
-    assert ws == "lab"
-    assert body["name"] == "train" and body["nodes"] == 2 and body["gpus_per_node"] == 2 and body["gpu_type"] == "a100"
-    assert body["cpus_per_task"] == 4 and body["mem_mib"] == 16384 and body["time_minutes"] == 1590
-    assert body["partition"] == "gpu" and body["hold"] is True and body["stdout"] == "out-%j.txt"
-    assert body["env"] == {"LR": "0.1", "HOME": "/home/a"} and body["script_args"] == ["x"]
-    assert body["work_dir"] == "/home/a" and body["datasets"] == ["/data/imagenet"] and body["script"] == SCRIPT
-
-
-def test_total_gpus_are_spread_over_nodes() -> None:
-    _, body = job_request("j.sh", "#!/bin/bash\n", ["-N", "2", "--gpus=a100:4"], cwd="/", environ={})
-    assert (body["gpus_per_node"], body["gpu_type"]) == (2, "a100")
-    with pytest.raises(DirectiveError):
-        job_request("j.sh", "#!/bin/bash\n", ["-N", "3", "--gpus=4"], cwd="/", environ={})
