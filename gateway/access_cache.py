@@ -2,8 +2,8 @@
 
 Every authenticated request needs both answers; asking the database each time costs more than the rest of
 the request. Entries live ``ttl`` seconds (setting ``access_cache_seconds``; 0 turns the cache off) and the
-whole cache is dropped whenever a transaction in this process commits a change to users, tokens, workspaces
-or members. Other processes see such a change within ``ttl`` seconds. Concurrent misses on one key share a
+whole cache is dropped whenever a transaction in this process commits a change to users, tokens, workspaces,
+members or quotas. Other processes see such a change within ``ttl`` seconds. Concurrent misses on one key share a
 single database lookup, so an expiring entry under load costs one query, not one per waiting request.
 """
 
@@ -23,10 +23,10 @@ from gateway.actor import Actor
 from gateway.auth.models import ApiToken
 from gateway.db.base import utcnow
 from gateway.users.models import User
-from gateway.workspaces.models import Member, Role, Workspace
+from gateway.workspaces.models import Member, Quota, Role, Workspace
 
 T = TypeVar("T")
-_WATCHED = (User, ApiToken, Member, Workspace)
+_WATCHED = (User, ApiToken, Member, Workspace, Quota)
 _CHANGED = "remotegpu_access_changed"
 ACCESS_NEUTRAL = "remotegpu_access_neutral"
 """Execution option marking a bulk update that cannot change access (e.g. a token's last-use time)."""

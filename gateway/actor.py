@@ -10,6 +10,8 @@ class Actor(msgspec.Struct, frozen=True):
     user_id: int | None = None
     is_admin: bool = False
     token_id: int | None = None
+    posix_name: str | None = None
+    """The user's POSIX account on the cluster (None for the operator)."""
 
     @classmethod
     def system(cls, name: str = "system") -> Actor:

@@ -57,8 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     default_currency: Annotated[str, msgspec.Meta(pattern=whole(r"[A-Z]{3}"))] = "CNY"
     slurm_conf: str | None = None
     """slurm.conf of the cluster (``SLURM_CONF`` for Slurm's commands); None: Slurm's default."""
-    slurm_run_as: Literal["runuser", "sudo"] = "runuser"
-    """How user work is started as the user: ``runuser`` (gateway runs as root) or ``sudo -n -u``."""
+    slurm_run_as: Literal["setpriv", "runuser", "sudo"] = "setpriv"
+    """How Slurm commands are run as the user: ``setpriv`` (gateway runs as root; the user's ids and groups, no
+    PAM session), ``runuser`` (root, with the PAM session) or ``sudo -n -u`` (a gateway that is not root)."""
     slurm_container_runtime: Literal["pyxis", "apptainer"] | None = None
     """Container runtime of the cluster; None: jobs asking for an image are refused."""
     poll_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0

@@ -58,7 +58,7 @@ async def login(session: AsyncSession, username: str, password: str, *, name: st
     if user is None or not ok or user.disabled:
         raise Unauthorized("invalid username or password")
     user.last_login_at = utcnow()
-    actor = Actor(name=user.name, user_id=user.id, is_admin=user.is_admin)
+    actor = Actor(name=user.name, user_id=user.id, is_admin=user.is_admin, posix_name=user.posix_name)
     return await issue_token(session, actor, user, name=name, ttl_days=ttl_days)
 
 
@@ -76,7 +76,15 @@ async def authenticate(session: Callable[[], AsyncSession], secret: str) -> Acto
 async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, datetime | None]:
     row = (
         await session.execute(
-            select(ApiToken.id, ApiToken.expires_at, ApiToken.last_used_at, User.id, User.name, User.is_admin)
+            select(
+                ApiToken.id,
+                ApiToken.expires_at,
+                ApiToken.last_used_at,
+                User.id,
+                User.name,
+                User.is_admin,
+                User.posix_name,
+            )
             .join(User, User.id == ApiToken.user_id)
             .where(
                 ApiToken.token_hash == digest,
@@ -89,7 +97,7 @@ async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, dateti
     now = utcnow()
     if row is None or (row[1] is not None and row[1] <= now):
         raise Unauthorized("invalid or expired token")
-    token_id, expires_at, last_used, user_id, user_name, is_admin = row
+    token_id, expires_at, last_used, user_id, user_name, is_admin, posix_name = row
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         # End the read first: on SQLite an UPDATE inside a read transaction that another connection has
         # overtaken fails at once (SQLITE_BUSY_SNAPSHOT) instead of waiting. Last use is bookkeeping, so a
@@ -103,7 +111,8 @@ async def _load_actor(session: AsyncSession, digest: str) -> tuple[Actor, dateti
             await session.commit()
         except OperationalError:
             await session.rollback()
-    return Actor(name=user_name, user_id=user_id, is_admin=is_admin, token_id=token_id), expires_at
+    actor = Actor(name=user_name, user_id=user_id, is_admin=is_admin, token_id=token_id, posix_name=posix_name)
+    return actor, expires_at
 
 
 async def list_tokens(session: AsyncSession, actor: Actor) -> list[ApiToken]:

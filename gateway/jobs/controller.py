@@ -15,7 +15,7 @@ from gateway.jobs.schemas import JobCreate, JobLogs, JobOut
 from gateway.jobs.service import JobService, tail
 from gateway.schemas import Page, whole
 from gateway.users.models import User
-from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
+from gateway.workspaces.controller import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
 JobId = Annotated[str, PathParameter(pattern=whole(r"[0-9a-f]{32}"))]
 IdempotencyKey = Annotated[
@@ -37,7 +37,7 @@ class JobController(Controller):
     security = BEARER
     dependencies = {**WORKSPACE_DEPENDENCIES, "jobs": Provide(provide_jobs, sync_to_thread=False)}
 
-    @post("/")
+    @post("/", opt={CACHED_ACCESS: True})  # sbatch checks the account and association again
     async def submit(
         self,
         db_session: DbSession,

@@ -13,7 +13,7 @@ from datetime import timedelta
 import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
@@ -34,6 +34,7 @@ UNREACHABLE = Counter("remotegpu_poller_unreachable_total", "Cycles in which Slu
 LOST_AFTER = timedelta(seconds=60)
 """A job still SUBMITTING after this long, and unknown to Slurm, never reached it."""
 FINAL = {s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED}
+ACTIVE = TrainingJob.state.not_in(FINAL)
 
 
 class StateChange(msgspec.Struct, frozen=True):
@@ -97,25 +98,46 @@ class Poller:
         self.listeners: list[Listener] = []
 
     async def poll_once(self) -> PollResult:
+        """One cycle. No database transaction is open while Slurm is asked (on SQLite a write transaction
+        would block every submission for as long as the controller takes to answer)."""
         started = time.perf_counter()
         result = PollResult()
-        async with self.database.session() as session:
-            active = list(await session.scalars(select(TrainingJob).where(TrainingJob.state.not_in(FINAL))))
-            try:
-                snapshot = await self.slurm.jobs()
-                result.slurm_calls += 1
-                SLURM_CALLS.labels("squeue").inc()
-            except SlurmError as exc:
-                UNREACHABLE.inc()
-                log.warning("slurm_unreachable", error=exc.message)
-                for job in active:
-                    job.state_unknown = True
+        async with self.database.session(write=False) as session:
+            watched = (await session.execute(select(TrainingJob.id, TrainingJob.slurm_job_id).where(ACTIVE))).all()
+        try:
+            snapshot = await self.slurm.jobs()
+            result.slurm_calls += 1
+            SLURM_CALLS.labels("squeue").inc()
+        except SlurmError as exc:
+            UNREACHABLE.inc()
+            log.warning("slurm_unreachable", error=exc.message)
+            async with self.database.session() as session:
+                stale = ACTIVE & TrainingJob.state_unknown.is_(False)
+                await session.execute(update(TrainingJob).where(stale).values(state_unknown=True))
                 await session.commit()
-                result.reachable = False
-                return result
-            by_id = {j.job_id: j for j in snapshot}
-            by_comment = {j.comment: j for j in snapshot if j.comment.startswith(COMMENT_PREFIX)}
-            missing: list[TrainingJob] = []
+            result.reachable = False
+            return result
+        by_id = {j.job_id: j for j in snapshot}
+        by_comment = {j.comment: j for j in snapshot if j.comment.startswith(COMMENT_PREFIX)}
+        gone = [
+            (job_id, slurm_id)
+            for job_id, slurm_id in watched
+            if (slurm_id is None and COMMENT_PREFIX + job_id not in by_comment)
+            or (slurm_id is not None and slurm_id not in by_id)
+        ]
+        records: dict[int, AccountingRecord] = {}
+        if any(slurm_id is not None for _, slurm_id in gone):
+            async with self.database.session(write=False) as session:
+                oldest = await session.scalar(
+                    select(func.min(TrainingJob.created_at)).where(TrainingJob.id.in_([j for j, _ in gone]))
+                )
+            since = (oldest or utcnow()) - timedelta(minutes=1)
+            records = {r.job_id: r for r in await self.slurm.accounting(since)}
+            result.slurm_calls += 1
+            SLURM_CALLS.labels("sacct").inc()
+
+        async with self.database.session() as session:
+            active = list(await session.scalars(select(TrainingJob).where(ACTIVE)))
             for job in active:
                 old = job.state
                 if job.slurm_job_id is None:
@@ -128,23 +150,19 @@ class Poller:
                     job.slurm_job_id, job.submitted_at = found.job_id, found.submit_time
                     result.adopted += 1
                 live = by_id.get(job.slurm_job_id) if job.slurm_job_id is not None else None
-                if live is None:
-                    missing.append(job)
-                elif _apply_live(job, live) and job.state != old:
+                rec = records.get(job.slurm_job_id) if job.slurm_job_id is not None else None
+                if live is not None:
+                    changed = _apply_live(job, live)
+                elif rec is not None:
+                    changed = _apply_record(job, rec)
+                else:
+                    continue  # submitted since the snapshot, or accounting has not caught up: next cycle
+                if changed and job.state != old:
                     result.events.append(StateChange(job.id, old, job.state))
-            if missing:
-                since = min(j.created_at for j in missing) - timedelta(minutes=1)
-                records = {r.job_id: r for r in await self.slurm.accounting(since)}
-                result.slurm_calls += 1
-                SLURM_CALLS.labels("sacct").inc()
-                for job in missing:
-                    old = job.state
-                    rec = records.get(job.slurm_job_id or -1)
-                    if rec is not None and _apply_record(job, rec) and job.state != old:
-                        result.events.append(StateChange(job.id, old, job.state))
-            result.orphans_cancelled = await self._cancel_orphans(session, by_comment)
+            orphans = await self._orphans(session, by_comment)
             result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
             await session.commit()
+        result.orphans_cancelled = await self._cancel(orphans)
         for event in result.events:
             for listener in self.listeners:
                 await listener(event)
@@ -152,20 +170,24 @@ class Poller:
         CYCLE_SECONDS.observe(time.perf_counter() - started)
         return result
 
-    async def _cancel_orphans(self, session: AsyncSession, by_comment: dict[str, Job]) -> int:
-        """Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost): cancel them."""
+    @staticmethod
+    async def _orphans(session: AsyncSession, by_comment: dict[str, Job]) -> list[Job]:
+        """Live Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost).
+
+        Safe against a submission racing this cycle: a job's row is committed before its sbatch runs, so any
+        job in the snapshot has its row visible to this later transaction.
+        """
         ids = [c.removeprefix(COMMENT_PREFIX) for c, j in by_comment.items() if not j.state.is_terminal]
         if not ids:
-            return 0
+            return []
         known = set(await session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(ids))))
-        cancelled = 0
-        for job_id in ids:
-            if job_id not in known:
-                orphan = by_comment[COMMENT_PREFIX + job_id]
-                log.warning("orphan_cancelled", slurm_job_id=orphan.job_id, gateway_id=job_id)
-                await self.slurm.cancel(orphan.job_id, user=orphan.user or "root")
-                cancelled += 1
-        return cancelled
+        return [by_comment[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
+
+    async def _cancel(self, orphans: list[Job]) -> int:
+        for orphan in orphans:
+            log.warning("orphan_cancelled", slurm_job_id=orphan.job_id, gateway_id=orphan.comment)
+            await self.slurm.cancel(orphan.job_id, user=orphan.user or "root")
+        return len(orphans)
 
     @staticmethod
     def _export_gauges(active: list[TrainingJob]) -> None:

@@ -28,9 +28,12 @@ from gateway.workspaces.service import WorkspaceAccess
 async def provide_access(
     request: Request[object, object, State], actor: CurrentActor, ws: SlugParam
 ) -> WorkspaceAccess:
-    return await service.get_access(lazy_session(request), actor, ws, cached=request.method in READ_METHODS)
+    cached = request.method in READ_METHODS or request.route_handler.opt.get(CACHED_ACCESS, False)
+    return await service.get_access(lazy_session(request), actor, ws, cached=cached)
 
 
+CACHED_ACCESS = "cached_access"
+"""Route option: this write may use the cached access snapshot (see ``service.get_access``)."""
 WORKSPACE_DEPENDENCIES = {"access": Provide(provide_access)}
 Access = NamedDependency[WorkspaceAccess]
 WS_PATH = "/api/v1/workspaces/{ws:str}"

@@ -13,6 +13,7 @@ from msgspec import UNSET
 from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from gateway.access_cache import ACCESS_CACHE
 from gateway.actor import Actor
@@ -51,7 +52,9 @@ async def get_access(
 ) -> WorkspaceAccess:
     """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin.
 
-    ``cached``: read-only callers may get a snapshot from the access cache (never used to write).
+    The workspace comes with its quota loaded. ``cached``: the caller may get a snapshot from the access cache
+    (at most ``access_cache_seconds`` old where another process made the change): fine for reads, and for
+    actions Slurm checks again itself (a job submission); never for objects the caller will modify.
     """
     if cached:
         workspace, role = await ACCESS_CACHE.workspace(
@@ -66,6 +69,7 @@ async def _load_access(session: AsyncSession, actor: Actor, slug: str) -> tuple[
     row = (
         await session.execute(
             select(Workspace, Member.role)
+            .options(joinedload(Workspace.quota))
             .outerjoin(
                 Member,
                 (Member.workspace_id == Workspace.id) & (Member.user_id == actor.user_id) & Member.deleted_at.is_(None),
