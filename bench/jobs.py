@@ -26,6 +26,7 @@ from statistics import median
 
 import httpx
 import msgspec
+from sqlalchemy import text
 
 from bench.api import cli, cpu_seconds, database, free_ports, remotegpu_command, server
 from gateway.db.session import Database
@@ -228,6 +229,9 @@ async def bench_list(s: Setup, http: httpx.AsyncClient) -> None:
             )
             await session.flush()
         await session.commit()
+        if database.backend == "postgresql":  # planner statistics, as autovacuum gathers them after bulk inserts
+            await session.execute(text("ANALYZE"))
+            await session.commit()
     await database.dispose()
     headers = {"Authorization": f"Bearer {s.user_token}"}
 

@@ -25,9 +25,9 @@ from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
 from gateway.jobs.service import JobService
 from gateway.observability import RequestContextMiddleware
+from gateway.slurm_client import make_slurm_client
 from gateway.users.controller import UserController
 from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
-from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient
 
 LOGIN_PATH = "/api/v1/auth/tokens"
@@ -54,7 +54,8 @@ def create_app(
 ) -> Litestar:
     """Build the gateway. ``database`` and ``slurm`` let tests share them; otherwise made from settings."""
     settings = settings or load_settings()
-    slurm = slurm or CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as)
+    owns_slurm = slurm is None
+    slurm = slurm or make_slurm_client(settings)
     ACCESS_CACHE.configure(settings.access_cache_seconds)
     owns_database = database is None
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
@@ -64,6 +65,8 @@ def create_app(
         try:
             yield
         finally:
+            if owns_slurm:
+                await slurm.close()
             if owns_database:
                 await db.dispose()
 

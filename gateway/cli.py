@@ -108,8 +108,8 @@ def worker(ctx: click.Context, once: bool) -> None:
 
     from gateway.jobs.poller import Poller
     from gateway.observability import configure_logging
+    from gateway.slurm_client import make_slurm_client
     from gateway.workspaces.slurm_sync import AccountSync
-    from slurm.cli import CliSlurmClient
     from slurm.errors import SlurmError
 
     settings = _settings(ctx)
@@ -117,8 +117,14 @@ def worker(ctx: click.Context, once: bool) -> None:
     log = structlog.get_logger("gateway.worker")
 
     async def run(database: Database) -> None:
-        slurm = CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as)
+        slurm = make_slurm_client(settings)
         poller, accounts = Poller(database, slurm), AccountSync(database, slurm)
+        try:
+            await loop(poller, accounts)
+        finally:
+            await slurm.close()
+
+    async def loop(poller: Poller, accounts: AccountSync) -> None:
         while True:
             try:
                 await accounts.reconcile()
@@ -389,40 +395,28 @@ def cancel_command(job_id: str, workspace: str | None) -> None:
 @main.command("logs")
 @click.argument("job_id")
 @click.option("--workspace")
-@click.option("-n", "--lines", default=100, show_default=True)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
-def logs_command(job_id: str, workspace: str | None, lines: int, follow: bool) -> None:
+@click.option("-n", "--lines", default=100, show_default=True, help="How many of the last lines to show first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the job writes until it ends.")
+@click.option("--stderr", "stream", flag_value="stderr", default="stdout", help="The job's standard error.")
+@click.option("--task", type=int, help="Which task of an array job.")
+def logs_command(job_id: str, workspace: str | None, lines: int, follow: bool, stream: str, task: int | None) -> None:
     """Print a job's output."""
-    import time
+    params: dict[str, Any] = {"lines": lines, "stream": stream}
+    if task is not None:
+        params["task"] = task
 
-    def fetch(client: Any) -> tuple[list[str], str]:
-        ws = workspace or client.default_workspace()
-        out = client.request(
-            "GET", f"/workspaces/{ws}/jobs/{job_id}/logs", params={"lines": 10_000 if follow else lines}
-        )
-        state = client.request("GET", f"/workspaces/{ws}/jobs/{job_id}")["state"]
-        return out["lines"], state
-
-    printed = 0
-    while True:
-        got, state = _client_call(fetch)
-        for line in got[printed:] if follow else got:
-            click.echo(line)
-        printed = len(got)
-        if not follow or state in (
-            "COMPLETED",
-            "FAILED",
-            "CANCELLED",
-            "TIMEOUT",
-            "OUT_OF_MEMORY",
-            "NODE_FAIL",
-            "SUBMIT_FAILED",
-            "PREEMPTED",
-            "BOOT_FAIL",
-            "DEADLINE",
-        ):
+    def work(client: Any) -> None:
+        path = f"/workspaces/{workspace or client.default_workspace()}/jobs/{job_id}/logs"
+        if not follow:
+            for line in client.request("GET", path, params=params)["lines"]:
+                click.echo(line)
             return
-        time.sleep(2)
+        out = sys.stdout.buffer
+        for chunk in client.stream(path, {**params, "follow": "true"}):
+            out.write(chunk)
+            out.flush()
+
+    _client_call(work)
 
 
 if __name__ == "__main__":  # pragma: no cover

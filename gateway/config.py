@@ -60,9 +60,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     slurm_run_as: Literal["setpriv", "runuser", "sudo"] = "setpriv"
     """How Slurm commands are run as the user: ``setpriv`` (gateway runs as root; the user's ids and groups, no
     PAM session), ``runuser`` (root, with the PAM session) or ``sudo -n -u`` (a gateway that is not root)."""
+    slurm_backend: Literal["cli", "rest"] = "cli"
+    """How the gateway talks to Slurm: its commands (``sbatch``, ``squeue``, ``sacct``, ``sacctmgr``, run as the
+    user) or slurmrestd (``slurmrestd_url``, with a JWT per user)."""
+    slurmrestd_url: str | None = None
+    """slurmrestd's base URL, e.g. ``http://127.0.0.1:6820``; needed by the ``rest`` backend."""
+    slurm_jwt_key: str | None = None
+    """The cluster's ``jwt_hs256.key``: the rest backend signs users' tokens with it. None: it asks
+    ``scontrol token`` (root or the SlurmUser only). Whoever reads this key can act as any Slurm user."""
     slurm_container_runtime: Literal["pyxis", "apptainer"] | None = None
     """Container runtime of the cluster; None: jobs asking for an image are refused."""
     poll_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.slurm_backend == "rest" and not self.slurmrestd_url:
+            raise ValueError("slurm_backend 'rest' needs slurmrestd_url")
 
     @property
     def database_url_redacted(self) -> str:

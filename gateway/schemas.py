@@ -73,11 +73,17 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
 
+COUNT_LIMIT = 1000
+"""Lists count their matches exactly up to this many; past it ``total`` is None (counting every row of a large
+table on every page would cost more than the page itself)."""
+
+
 class Page(msgspec.Struct, Generic[T]):
-    """One page of a list; ``total`` counts every match, not just this page."""
+    """One page of a list."""
 
     items: list[T]
-    total: int
+    total: int | None
+    """How many match in all (not just this page); None when more than ``COUNT_LIMIT`` (1,000) match."""
     limit: int
     offset: int
 

@@ -61,6 +61,25 @@ SBATCH_OPTIONS = frozenset(
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 
+def command_env(slurm_conf: str | None) -> dict[str, str]:
+    """The whole environment a Slurm command starts with (plus the user's :func:`login_env` where it runs as one)."""
+    env = {"PATH": _BASE_PATH, "LANG": "C.UTF-8"}
+    if slurm_conf:
+        env["SLURM_CONF"] = slurm_conf
+    return env
+
+
+def posix_user(user: str, *, command: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise SlurmError(f"no POSIX user {user!r} on this host", command=command) from None
+
+
+def login_env(entry: pwd.struct_passwd) -> dict[str, str]:
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name, "SHELL": entry.pw_shell or "/bin/sh"}
+
+
 class CliSlurmClient:
     def __init__(
         self,
@@ -80,18 +99,12 @@ class CliSlurmClient:
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = {"PATH": _BASE_PATH, "LANG": "C.UTF-8"}
-        if self.slurm_conf:
-            env["SLURM_CONF"] = self.slurm_conf
-        return env
+        return command_env(self.slurm_conf)
 
     def _as_user(self, user: str, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """The command line that runs ``argv`` as ``user``, and the user's login variables for its environment."""
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            raise SlurmError(f"no POSIX user {user!r} on this host", command=argv[0]) from None
-        env = {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user, "SHELL": entry.pw_shell or "/bin/sh"}
+        entry = posix_user(user, command=argv[0])
+        env = login_env(entry)
         if self.run_as == "sudo":
             return ["sudo", "-n", "-u", user, "--", *argv], env
         if self.run_as == "runuser":
@@ -214,6 +227,9 @@ class CliSlurmClient:
         if account:
             args.append(f"account={account}")
         return self.dialect.parse_associations(await self._run(["sacctmgr", *args]), fields=ASSOCIATION_FIELDS)
+
+    async def close(self) -> None:
+        """Nothing to let go of: every call is its own process."""
 
 
 def default_client() -> CliSlurmClient:

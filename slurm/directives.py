@@ -11,7 +11,7 @@ so that none is mistaken for the script.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from slurm.units import duration_minutes, memory_mib
@@ -120,8 +120,9 @@ def _resolve(name: str) -> tuple[str | None, str]:
 class _Reader:
     """getopt over one list of words: options, then (for a command line) the script's arguments."""
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], known: Mapping[str, tuple[str | None, bool]] = OPTIONS) -> None:
         self.tokens = tokens
+        self.known = known
         self.i = 0
         self.options: Options = {}
         self.unsupported: list[str] = []
@@ -136,16 +137,16 @@ class _Reader:
         return None
 
     def _option(self, name: str | None, shown: str, inline: str | None) -> None:
-        if name is None or name not in OPTIONS:
+        if name is None or name not in self.known:
             self.unsupported.append(shown.split("=", 1)[0] if name is None else f"--{name}")
             if name is not None and _SBATCH.get(name) == _R:
                 self._value(inline)  # skip its value, which must not be read as the script (optional ones are inline)
             return
-        takes_value = OPTIONS[name][1]
+        takes_value = self.known[name][1]
         if not takes_value:
-            if inline is not None:
+            if inline is not None and _SBATCH.get(name) != _O:  # an optional value (--exclusive=user) is inline only
                 raise DirectiveError(f"option --{name} takes no value")
-            self.options[name] = None
+            self.options[name] = inline
             return
         value = self._value(inline)
         if value is None:
@@ -246,9 +247,12 @@ def directive_words(script: str) -> list[str]:
     return words
 
 
-def script_directives(script: str) -> tuple[Options, list[str]]:
-    """``#SBATCH`` options of a script, and the unsupported ones (a stray word is an error, as in sbatch)."""
-    reader = _Reader(directive_words(script))
+def script_directives(script: str, known: Mapping[str, tuple[str | None, bool]] = OPTIONS) -> tuple[Options, list[str]]:
+    """``#SBATCH`` options of a script, and the unsupported ones (a stray word is an error, as in sbatch).
+
+    ``known``: the options to read (long name -> short flag, takes a value), by default :data:`OPTIONS`.
+    """
+    reader = _Reader(directive_words(script), known)
     stray = reader.read()
     if stray:
         raise DirectiveError(f"invalid directive in the batch script: {stray[0]!r}")

@@ -62,7 +62,14 @@ _PATTERNS: list[tuple[str, type[SlurmError]]] = [
     ("connection refused", SlurmUnavailable),
     ("socket timed out", SlurmUnavailable),
     ("slurm_persist_conn_open", SlurmUnavailable),
+    # the connection broke mid-request: whether it was carried out is unknown
+    ("zero bytes were transmitted or received", SlurmUnavailable),
+    # slurmrestd's words for slurmdbd out of reach (ESLURM_DB_CONNECTION)
+    ("unable to connect to database", SlurmUnavailable),
 ]
+# What slurmctld says when someone changes (holds, releases) a job that is not theirs (ESLURM_USER_ID_MISSING);
+# on a submission the same words mean the submitting user is unknown, a refusal of the job.
+_CONTROL_PATTERNS: list[tuple[str, type[SlurmError]]] = [("invalid user id", AccessDenied)]
 
 
 def classify(stderr: str, *, command: str = "", submit: bool = False) -> SlurmError:
@@ -80,7 +87,7 @@ def classify(stderr: str, *, command: str = "", submit: bool = False) -> SlurmEr
     ):
         message = message.removeprefix(prefix)
     lowered = stderr.lower()
-    for needle, cls in _PATTERNS:
+    for needle, cls in _PATTERNS if submit else [*_PATTERNS, *_CONTROL_PATTERNS]:
         if needle in lowered:
             return cls(message, command=command)
     return (SubmitRejected if submit else SlurmError)(message, command=command)

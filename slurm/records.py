@@ -103,6 +103,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     array_job_id: int | None = None
     array_task_id: int | None = None
+    array_task_string: str = ""
+    """The tasks an array's shared entry stands for (``2-3%2``: tasks still waiting); empty for one task."""
     qos: str | None = None
     nodes: tuple[str, ...] = ()
     node_count: int = 0

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from slurm.arrays import task_ids
+
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_MOUNTS = 3
 MAX_MEM_MIB = 2**31
@@ -210,6 +212,11 @@ def validate(spec: JobSpec) -> None:
     _check_env(spec.env)
     _check_paths(spec)
     _check_pattern("array", spec.array, _ARRAY, "use sbatch's syntax, e.g. 0-15 or 1,3,5%2")
+    if spec.array is not None:
+        try:
+            task_ids(spec.array)
+        except ValueError as exc:
+            raise ScriptError("array", f"{exc}: ranges run upwards, steps are at least 1") from None
     _check_pattern("dependency", spec.dependency, _DEPENDENCY, "use sbatch's syntax, e.g. afterok:123 or singleton")
     _check_pattern("comment", spec.comment, _COMMENT, "use 1-256 letters, digits and '_ . : @ + = / -'")
     _check_pattern("image", spec.image, _IMAGE, "not a valid image reference")

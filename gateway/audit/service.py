@@ -93,7 +93,7 @@ async def record_now(
 
 async def list_entries(
     session: AsyncSession, page: Pagination, filters: AuditFilter, *, workspace_id: int | None = None
-) -> tuple[list[tuple[AuditEntry, str | None]], int]:
+) -> tuple[list[tuple[AuditEntry, str | None]], int | None]:
     """Entries newest first, each with its workspace's slug."""
     query = select(AuditEntry, Workspace.slug).outerjoin(Workspace, Workspace.id == AuditEntry.workspace_id)
     if workspace_id is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,16 @@ class GatewayClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.http.request(method, "/api/v1" + path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text[:500]}
-            raise ApiError(response.status_code, problem)
+        _raise_for_problem(response)
         return response.json() if response.content else None
+
+    def stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """A GET whose body comes as it is written (``logs?follow=true``), chunk by chunk."""
+        with self.http.stream("GET", "/api/v1" + path, params=params, timeout=httpx.Timeout(60, read=None)) as got:
+            if got.status_code >= 400:
+                got.read()
+                _raise_for_problem(got)
+            yield from got.iter_bytes()
 
     def workspace_for(self, workspace: str | None, account: str | None) -> str:
         """The workspace a submission goes to: ``--workspace``, else the one whose Slurm account is ``-A``,
@@ -94,6 +98,15 @@ class GatewayClient:
         if len(memberships) == 1:
             return str(memberships[0]["workspace"])
         raise ApiError(400, _field_problem("workspace", "choose a workspace with --workspace (or REMOTEGPU_WORKSPACE)"))
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:500]}
+        raise ApiError(response.status_code, problem)
 
 
 def _field_problem(field: str, detail: str) -> dict[str, Any]:

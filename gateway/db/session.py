@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -53,9 +54,14 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     parsed = async_url(url)
-    kwargs: dict[str, Any] = {"echo": echo}
+    # msgspec reads and writes JSON columns several times faster than the json module
+    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
     if parsed.get_backend_name() == "sqlite":  # a local file: no connection to lose, nothing to ping
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -2,17 +2,24 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import quote
 
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.response import Stream
 
+from gateway.db.session import Database
 from gateway.dependencies import BEARER, DbSession
 from gateway.dependencies import Page as PageParams
-from gateway.jobs.schemas import JobCreate, JobLogs, JobOut
-from gateway.jobs.service import JobService, tail
+from gateway.errors import Forbidden
+from gateway.jobs.logs import LogUnreadable, open_owned, tail
+from gateway.jobs.logs import follow as follow_log
+from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut
+from gateway.jobs.service import JobService, has_finished
 from gateway.schemas import Page, whole
 from gateway.users.models import User
 from gateway.workspaces.controller import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
@@ -85,16 +92,57 @@ class JobController(Controller):
         owner = await db_session.get_one(User, job.user_id)
         return JobOut.of(job, owner.name)
 
-    @get("/{job_id:str}/logs")
+    @get("/{job_id:str}/events")
+    async def events(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> list[JobEventOut]:
+        """The job's state changes, oldest first."""
+        return [
+            JobEventOut(id=e.id, old_state=e.old_state, new_state=e.new_state, reason=e.reason, at=e.at)
+            for e in await jobs.history(db_session, access, job_id)
+        ]
+
+    @get(
+        "/{job_id:str}/logs",
+        responses={200: ResponseSpec(JobLogs, description="JSON lines; text/plain as they come with follow=true")},
+    )
     async def logs(
         self,
         db_session: DbSession,
         access: Access,
         jobs: Jobs,
+        state: State,
         job_id: JobId,
         lines: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
-    ) -> JobLogs:
-        """The last ``lines`` lines of the job's standard output."""
-        job = await jobs.get(db_session, access, job_id)
-        path = job.stdout_path.replace("%j", str(job.slurm_job_id or "")).replace("%x", job.name)
-        return JobLogs(path=path, lines=await asyncio.to_thread(tail, path, lines))
+        follow: Annotated[bool, QueryParameter(description="stream text/plain until the job ends")] = False,
+        stream: Annotated[Literal["stdout", "stderr"], QueryParameter()] = "stdout",
+        task: Annotated[int | None, QueryParameter(ge=0, description="an array's task")] = None,
+    ) -> Response[JobLogs] | Stream:
+        """The last ``lines`` lines of the job's output; with ``follow``, then everything it writes until it ends.
+
+        The file is read only if it is a regular file owned by the job's user (403 otherwise).
+        """
+        source = await jobs.log_file(db_session, access, job_id, stream, task)
+        try:
+            if not follow:
+                return Response(
+                    JobLogs(path=source.path, lines=await asyncio.to_thread(tail, source.path, source.uid, lines))
+                )
+            # opened here, so that a refusal is a 403, not a stream cut short
+            await asyncio.to_thread(_check_readable, source.path, source.uid)
+        except LogUnreadable as exc:
+            raise Forbidden(str(exc), field="stdout" if stream == "stdout" else "stderr") from exc
+        database: Database = state.database
+
+        async def finished() -> bool:
+            return await has_finished(database, source.job_id)
+
+        return Stream(
+            follow_log(source.path, source.uid, lines, finished),
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Log-Path": quote(source.path), "Cache-Control": "no-store"},
+        )
+
+
+def _check_readable(path: str, uid: int) -> None:
+    fh = open_owned(path, uid)
+    if fh is not None:
+        fh.close()

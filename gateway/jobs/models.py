@@ -4,10 +4,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, TimestampMixin
+from gateway.db.base import Base, TimestampMixin, utcnow
 
 SUBMITTING = "SUBMITTING"
 """Recorded, sbatch not (known to be) done yet: the state a crash can leave behind; the poller settles it."""
@@ -44,6 +44,23 @@ class TrainingJob(TimestampMixin, Base):
     nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
     allocated: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     exit_code: Mapped[int | None] = mapped_column(default=None)
+    array_tasks: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    """An array's tasks by state (``{"COMPLETED": 3, "RUNNING": 1}``); None for a single job."""
     submitted_at: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobEvent(Base):
+    """A change of a job's state, written in the transaction that made it: the job's history, and what other
+    domains (billing, environments) follow. Append-only; ``id`` grows with every event."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    old_state: Mapped[str | None] = mapped_column(String(32))
+    new_state: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

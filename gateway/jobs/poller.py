@@ -1,13 +1,15 @@
 """The one poller: per cycle one ``squeue`` for every job of the cluster, and one ``sacct`` only when jobs
-left the controller's memory; it writes only what changed.
+(or array tasks) left the controller's memory; it writes only what changed, with an event for each change
+of state (gateway.jobs.events).
 
-An unreachable controller marks the jobs' state as unknown; it never fails or forgets a job.
+An unreachable controller marks the jobs' state as unknown; it never fails or forgets a job. An array is
+one gateway job: its tasks are folded into one state (slurm.arrays) and counted by state.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import msgspec
@@ -18,11 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.base import utcnow
 from gateway.db.session import Database
+from gateway.jobs import events
+from gateway.jobs.events import Listener, StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
-from gateway.jobs.service import COMMENT_PREFIX
+from gateway.jobs.service import COMMENT_PREFIX, FINAL_STATES
+from slurm.arrays import combine_jobs, combine_records, listed_task_ids, record_counts, task_counts, task_ids
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError
-from slurm.records import AccountingRecord, Job, JobState
+from slurm.records import AccountingRecord, Job
 
 log = structlog.get_logger("gateway.poller")
 
@@ -30,17 +35,11 @@ CYCLE_SECONDS = Histogram("remotegpu_poller_cycle_seconds", "Duration of one pol
 SLURM_CALLS = Counter("remotegpu_poller_slurm_calls_total", "Slurm commands issued by the poller", ["call"])
 JOBS_BY_STATE = Gauge("remotegpu_jobs", "Jobs not yet finished, by state", ["state"])
 UNREACHABLE = Counter("remotegpu_poller_unreachable_total", "Cycles in which Slurm did not answer")
+STATE_CHANGES = Counter("remotegpu_job_state_changes_total", "Job state changes written by the poller", ["state"])
 
 LOST_AFTER = timedelta(seconds=60)
 """A job still SUBMITTING after this long, and unknown to Slurm, never reached it."""
-FINAL = {s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED}
-ACTIVE = TrainingJob.state.not_in(FINAL)
-
-
-class StateChange(msgspec.Struct, frozen=True):
-    job_id: str
-    old: str
-    new: str
+ACTIVE = TrainingJob.state.not_in(FINAL_STATES)
 
 
 class PollResult(msgspec.Struct):
@@ -52,43 +51,56 @@ class PollResult(msgspec.Struct):
     events: list[StateChange] = msgspec.field(default_factory=list)
 
 
-Listener = Callable[[StateChange], Awaitable[None]]
+class Snapshot:
+    """squeue's answer, indexed: jobs by id, arrays' entries by array id, gateway ids by comment."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.by_id = {j.job_id: j for j in jobs}
+        self.arrays: dict[int, list[Job]] = {}
+        for job in jobs:
+            if job.array_job_id is not None:
+                self.arrays.setdefault(job.array_job_id, []).append(job)
+        self.by_comment: dict[str, Job] = {}
+        for job in jobs:
+            if job.comment.startswith(COMMENT_PREFIX):
+                # every task of an array carries the comment; the job is the array
+                self.by_comment.setdefault(job.comment, job)
+
+    @staticmethod
+    def slurm_id(job: Job) -> int:
+        """The id the gateway knows the job by: an array's, for any of its tasks."""
+        return job.array_job_id or job.job_id
+
+    def listed(self, slurm_id: int) -> bool:
+        return slurm_id in self.arrays or slurm_id in self.by_id
+
+    def missing_tasks(self, slurm_id: int, array_spec: str | None) -> bool:
+        """Whether tasks of a listed array have already left squeue (so accounting must fill them in)."""
+        if not array_spec or slurm_id not in self.arrays:
+            return False
+        try:
+            total = len(task_ids(array_spec))
+        except ValueError:
+            return False
+        return len(listed_task_ids(self.arrays[slurm_id])) < total
 
 
-def _apply_live(job: TrainingJob, sj: Job) -> bool:
-    new = {
-        "state": sj.state.value,
-        "reason": sj.reason,
-        "nodes": list(sj.nodes),
-        "allocated": dict(sj.allocated),
-        "started_at": sj.start_time,
-        "ended_at": sj.end_time,
-        "exit_code": sj.exit_code,
-        "state_unknown": False,
-    }
-    return _set(job, new)
+class Accounting:
+    """sacct's answer (allocations, no steps), indexed by job id and by array id."""
 
+    def __init__(self, records: Sequence[AccountingRecord]) -> None:
+        self._jobs: dict[int, list[AccountingRecord]] = {}
+        self._arrays: dict[int, list[AccountingRecord]] = {}
+        for record in records:
+            self._jobs.setdefault(record.job_id, []).append(record)
+            if record.array_job_id is not None:
+                self._arrays.setdefault(record.array_job_id, []).append(record)
 
-def _apply_record(job: TrainingJob, rec: AccountingRecord) -> bool:
-    return _set(
-        job,
-        {
-            "state": rec.state.value,
-            "started_at": rec.start_time,
-            "ended_at": rec.end_time,
-            "allocated": dict(rec.allocated) or job.allocated,
-            "state_unknown": False,
-        },
-    )
+    def of_job(self, job_id: int) -> list[AccountingRecord]:
+        return self._jobs.get(job_id, [])
 
-
-def _set(job: TrainingJob, values: Mapping[str, object]) -> bool:
-    changed = False
-    for key, value in values.items():
-        if getattr(job, key) != value:
-            setattr(job, key, value)
-            changed = True
-    return changed
+    def of_array(self, array_job_id: int) -> list[AccountingRecord]:
+        return self._arrays.get(array_job_id, [])
 
 
 class Poller:
@@ -103,90 +115,88 @@ class Poller:
         started = time.perf_counter()
         result = PollResult()
         async with self.database.session(write=False) as session:
-            watched = (await session.execute(select(TrainingJob.id, TrainingJob.slurm_job_id).where(ACTIVE))).all()
+            watched = (
+                await session.execute(
+                    select(TrainingJob.id, TrainingJob.slurm_job_id, TrainingJob.spec["array"].as_string()).where(
+                        ACTIVE
+                    )
+                )
+            ).all()
         try:
-            snapshot = await self.slurm.jobs()
+            snapshot = Snapshot(await self.slurm.jobs())
             result.slurm_calls += 1
             SLURM_CALLS.labels("squeue").inc()
         except SlurmError as exc:
-            UNREACHABLE.inc()
-            log.warning("slurm_unreachable", error=exc.message)
-            async with self.database.session() as session:
-                stale = ACTIVE & TrainingJob.state_unknown.is_(False)
-                await session.execute(update(TrainingJob).where(stale).values(state_unknown=True))
-                await session.commit()
+            await self._unreachable(exc)
             result.reachable = False
             return result
-        by_id = {j.job_id: j for j in snapshot}
-        by_comment = {j.comment: j for j in snapshot if j.comment.startswith(COMMENT_PREFIX)}
-        gone = [
-            (job_id, slurm_id)
-            for job_id, slurm_id in watched
-            if (slurm_id is None and COMMENT_PREFIX + job_id not in by_comment)
-            or (slurm_id is not None and slurm_id not in by_id)
+        # jobs to look up in accounting: gone from squeue, or arrays some of whose tasks are
+        accounted = [
+            job_id
+            for job_id, slurm_id, array in watched
+            if slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array))
         ]
-        records: dict[int, AccountingRecord] = {}
-        if any(slurm_id is not None for _, slurm_id in gone):
+        records = Accounting([])
+        if accounted:
             async with self.database.session(write=False) as session:
                 oldest = await session.scalar(
-                    select(func.min(TrainingJob.created_at)).where(TrainingJob.id.in_([j for j, _ in gone]))
+                    select(func.min(TrainingJob.created_at)).where(TrainingJob.id.in_(accounted))
                 )
-            since = (oldest or utcnow()) - timedelta(minutes=1)
-            records = {r.job_id: r for r in await self.slurm.accounting(since)}
+            try:
+                records = Accounting(await self.slurm.accounting((oldest or utcnow()) - timedelta(minutes=1)))
+            except SlurmError as exc:  # slurmdbd away: what squeue says still counts
+                log.warning("accounting_unreachable", error=exc.message)
             result.slurm_calls += 1
             SLURM_CALLS.labels("sacct").inc()
 
         async with self.database.session() as session:
             active = list(await session.scalars(select(TrainingJob).where(ACTIVE)))
             for job in active:
-                old = job.state
-                if job.slurm_job_id is None:
-                    found = by_comment.get(COMMENT_PREFIX + job.id)
-                    if found is None:
-                        if job.state == SUBMITTING and utcnow() - job.created_at > LOST_AFTER:
-                            job.state, job.reason = SUBMIT_FAILED, "never reached Slurm"
-                            result.events.append(StateChange(job.id, old, job.state))
-                        continue
-                    job.slurm_job_id, job.submitted_at = found.job_id, found.submit_time
-                    result.adopted += 1
-                live = by_id.get(job.slurm_job_id) if job.slurm_job_id is not None else None
-                rec = records.get(job.slurm_job_id) if job.slurm_job_id is not None else None
-                if live is not None:
-                    changed = _apply_live(job, live)
-                elif rec is not None:
-                    changed = _apply_record(job, rec)
-                else:
-                    continue  # submitted since the snapshot, or accounting has not caught up: next cycle
-                if changed and job.state != old:
-                    result.events.append(StateChange(job.id, old, job.state))
-            orphans = await self._orphans(session, by_comment)
+                change = update_job(job, snapshot, records, result)
+                if change is not None:
+                    result.events.append(change)
+            orphans = await self._orphans(session, snapshot)
             result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
+            await events.write(session, result.events)
             await session.commit()
+        for change in result.events:
+            STATE_CHANGES.labels(change.new).inc()
         result.orphans_cancelled = await self._cancel(orphans)
-        for event in result.events:
-            for listener in self.listeners:
-                await listener(event)
+        await events.notify(self.listeners, result.events)
         self._export_gauges(active)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
         return result
 
+    async def _unreachable(self, exc: SlurmError) -> None:
+        UNREACHABLE.inc()
+        log.warning("slurm_unreachable", error=exc.message)
+        async with self.database.session() as session:
+            stale = ACTIVE & TrainingJob.state_unknown.is_(False)
+            await session.execute(update(TrainingJob).where(stale).values(state_unknown=True))
+            await session.commit()
+
     @staticmethod
-    async def _orphans(session: AsyncSession, by_comment: dict[str, Job]) -> list[Job]:
+    async def _orphans(session: AsyncSession, snapshot: Snapshot) -> list[Job]:
         """Live Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost).
 
         Safe against a submission racing this cycle: a job's row is committed before its sbatch runs, so any
         job in the snapshot has its row visible to this later transaction.
         """
-        ids = [c.removeprefix(COMMENT_PREFIX) for c, j in by_comment.items() if not j.state.is_terminal]
+        live = {c: j for c, j in snapshot.by_comment.items() if not j.state.is_terminal}
+        ids = [c.removeprefix(COMMENT_PREFIX) for c in live]
         if not ids:
             return []
         known = set(await session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(ids))))
-        return [by_comment[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
+        return [live[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
 
     async def _cancel(self, orphans: list[Job]) -> int:
         for orphan in orphans:
-            log.warning("orphan_cancelled", slurm_job_id=orphan.job_id, gateway_id=orphan.comment)
-            await self.slurm.cancel(orphan.job_id, user=orphan.user or "root")
+            slurm_id = Snapshot.slurm_id(orphan)
+            log.warning("orphan_cancelled", slurm_job_id=slurm_id, gateway_id=orphan.comment)
+            try:
+                await self.slurm.cancel(slurm_id, user=orphan.user or "root")
+            except SlurmError as exc:  # the next cycle tries again
+                log.warning("orphan_cancel_failed", slurm_job_id=slurm_id, error=exc.message)
         return len(orphans)
 
     @staticmethod
@@ -197,3 +207,76 @@ class Poller:
         JOBS_BY_STATE.clear()
         for state, count in counts.items():
             JOBS_BY_STATE.labels(state).set(count)
+
+
+def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult) -> StateChange | None:
+    """Bring one job up to date with Slurm's snapshot and accounting; its state change, if any."""
+    old = job.state
+    if job.slurm_job_id is None:
+        found = snapshot.by_comment.get(COMMENT_PREFIX + job.id)
+        if found is None:
+            if job.state == SUBMITTING and utcnow() - job.created_at > LOST_AFTER:
+                job.state, job.reason = SUBMIT_FAILED, "never reached Slurm"
+                return StateChange(job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state)
+            return None
+        job.slurm_job_id, job.submitted_at = snapshot.slurm_id(found), found.submit_time
+        result.adopted += 1
+    slurm_id = job.slurm_job_id
+    is_array = bool(job.spec.get("array"))
+    mine = records.of_array(slurm_id) if is_array else records.of_job(slurm_id)
+    if is_array and slurm_id in snapshot.arrays:
+        tasks = snapshot.arrays[slurm_id]
+        listed = listed_task_ids(tasks)
+        finished = [r for r in mine if r.array_task_id is not None and r.array_task_id not in listed]
+        changed = _apply_live(job, combine_jobs(slurm_id, tasks, finished), task_counts(tasks, finished))
+    elif not is_array and slurm_id in snapshot.by_id:
+        changed = _apply_live(job, snapshot.by_id[slurm_id], None)
+    elif mine:
+        record = combine_records(slurm_id, mine) if is_array else mine[0]
+        changed = _apply_record(job, record, record_counts(mine) if is_array else None)
+    else:
+        return None  # submitted since the snapshot, or accounting has not caught up: next cycle
+    if changed and job.state != old:
+        return StateChange(job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state, reason=job.reason)
+    return None
+
+
+def _apply_live(job: TrainingJob, sj: Job, array_tasks: dict[str, int] | None) -> bool:
+    return _set(
+        job,
+        {
+            "state": sj.state.value,
+            "reason": sj.reason,
+            "nodes": list(sj.nodes),
+            "allocated": dict(sj.allocated),
+            "started_at": sj.start_time,
+            "ended_at": sj.end_time,
+            "exit_code": sj.exit_code,
+            "array_tasks": array_tasks,
+            "state_unknown": False,
+        },
+    )
+
+
+def _apply_record(job: TrainingJob, rec: AccountingRecord, array_tasks: dict[str, int] | None) -> bool:
+    return _set(
+        job,
+        {
+            "state": rec.state.value,
+            "started_at": rec.start_time,
+            "ended_at": rec.end_time,
+            "allocated": dict(rec.allocated) or job.allocated,
+            "array_tasks": array_tasks if array_tasks is not None else job.array_tasks,
+            "exit_code": rec.exit_code if rec.exit_code is not None else job.exit_code,
+            "state_unknown": False,
+        },
+    )
+
+
+def _set(job: TrainingJob, values: Mapping[str, object]) -> bool:
+    changed = False
+    for key, value in values.items():
+        if getattr(job, key) != value:
+            setattr(job, key, value)
+            changed = True
+    return changed

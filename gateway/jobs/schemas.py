@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from sqlalchemy import Row
 
 from gateway.jobs.models import TrainingJob
 
@@ -61,6 +62,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     slurm_job_id: int | None
     nodes: list[str]
     exit_code: int | None
+    array_tasks: dict[str, int] | None
+    """An array's tasks by state, e.g. ``{"COMPLETED": 3, "RUNNING": 1}``; null for a single job."""
     requested: dict[str, Any]
     allocated: dict[str, Any]
     created_at: datetime
@@ -69,19 +72,23 @@ class JobOut(msgspec.Struct, kw_only=True):
     ended_at: datetime | None
 
     @classmethod
-    def of(cls, job: TrainingJob, user: str) -> JobOut:
+    def of(cls, job: TrainingJob | Row[*tuple[Any, ...]], user: str) -> JobOut:
         spec = job.spec
         requested = {
             k: spec.get(k)
             for k in (
                 "nodes",
+                "ntasks",
+                "ntasks_per_node",
                 "gpus_per_node",
                 "gpu_type",
                 "cpus_per_task",
                 "mem_mib",
+                "mem_per_cpu_mib",
                 "time_minutes",
                 "partition",
                 "qos",
+                "array",
             )
             if spec.get(k) is not None
         }
@@ -95,6 +102,7 @@ class JobOut(msgspec.Struct, kw_only=True):
             slurm_job_id=job.slurm_job_id,
             nodes=list(job.nodes),
             exit_code=job.exit_code,
+            array_tasks=job.array_tasks,
             requested=requested,
             allocated=dict(job.allocated),
             created_at=job.created_at,
@@ -102,6 +110,16 @@ class JobOut(msgspec.Struct, kw_only=True):
             started_at=job.started_at,
             ended_at=job.ended_at,
         )
+
+
+class JobEventOut(msgspec.Struct, kw_only=True):
+    """One change of a job's state."""
+
+    id: int
+    old_state: str | None
+    new_state: str
+    reason: str | None
+    at: datetime
 
 
 class JobLogs(msgspec.Struct):

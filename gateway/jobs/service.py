@@ -8,26 +8,29 @@ and recording the Slurm id, the poller finds the job by that comment and adopts 
 from __future__ import annotations
 
 import pwd
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
 
 from gateway.audit.service import record, record_now
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.paging import count_rows, page_of
+from gateway.db.session import Database
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
-from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob, new_job_id
-from gateway.jobs.schemas import JobCreate
+from gateway.jobs import events
+from gateway.jobs.events import StateChange
+from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
+from gateway.jobs.schemas import JobCreate, JobOut
 from gateway.schemas import Pagination
 from gateway.users.models import User
 from gateway.workspaces.models import Quota, Role, WorkspaceStatus
 from gateway.workspaces.service import WorkspaceAccess
+from slurm.arrays import task_ids
 from slurm.client import SlurmClient, Submission
 from slurm.errors import (
     InvalidAccount,
@@ -38,10 +41,15 @@ from slurm.errors import (
     SlurmUnavailable,
     SubmitRejected,
 )
+from slurm.filenames import PatternValues, UnknownInPattern, expand
+from slurm.records import JobState
 from slurm.script import JobSpec, ScriptError, check_path, render
 
 COMMENT_PREFIX = "rgpu:"
+FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 JOBS: Table = TrainingJob.__table__  # type: ignore[assignment]
+JobView = TrainingJob | Row[*tuple[Any, ...]]
+"""A job as an ORM object or as a row of its columns (lists): both read the same to a response."""
 _UPDATE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job_id_"))
 """SET clause from the parameters; built once (building statements per call costs more than running them)."""
 _REJECTION_FIELDS: Mapping[type[SubmitRejected], str] = {
@@ -49,6 +57,13 @@ _REJECTION_FIELDS: Mapping[type[SubmitRejected], str] = {
     InvalidQos: "qos",
     NodeConfigUnavailable: "gpus_per_node",
 }
+
+
+class LogFile(msgspec.Struct, frozen=True):
+    path: str
+    uid: int
+    """The job user's: only a regular file of theirs is read."""
+    job_id: str
 
 
 class SlurmDown(GatewayError):
@@ -147,6 +162,7 @@ class JobService:
             nodes=[],
             allocated={},
             exit_code=None,
+            array_tasks=None,
             created_at=now,
             updated_at=now,
             submitted_at=None,
@@ -164,6 +180,7 @@ class JobService:
                 workspace_id=ws.id,
                 details={"name": spec.name, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node},
             )
+            await events.write(session, [StateChange(job_id=job.id, workspace_id=ws.id, old=None, new=SUBMITTING)])
             await session.commit()  # recorded before sbatch: a crash from here on is settled by the poller
         except IntegrityError:
             await session.rollback()  # a concurrent retry with the same key won
@@ -185,7 +202,7 @@ class JobService:
                 Submission(user=posix_name, account=ws.slurm_account, script=script, work_dir=work_dir, options=options)
             )
         except SubmitRejected as exc:
-            await _set(session, job, state=SUBMIT_FAILED, reason=exc.message)
+            await _set(session, job, state=SUBMIT_FAILED, reason=exc.message)  # before raising: commits
             field = next((f for cls, f in _REJECTION_FIELDS.items() if isinstance(exc, cls)), "spec")
             if isinstance(exc, InvalidAccount):
                 raise Conflict(f"Slurm refused the workspace's account: {exc.message}", field="workspace") from exc
@@ -215,25 +232,74 @@ class JobService:
         state: str | None = None,
         user: str | None = None,
         since: object = None,
-    ) -> tuple[list[tuple[TrainingJob, str]], int]:
+    ) -> tuple[list[tuple[JobView, str]], int | None]:
+        """One page of jobs, newest first, with their owners' names, and how many match in all.
+
+        Rows of plain columns, not ORM objects (a list of 50 costs a third as much), and never the scripts.
+        """
         access.require(Role.MEMBER)
-        query = (
-            select(TrainingJob, User.name)
-            .options(defer(TrainingJob.script))  # up to 1 MiB each: never loaded for a list
-            .join(User, User.id == TrainingJob.user_id)
-            .where(TrainingJob.workspace_id == access.workspace.id)
-        )
+        where = [JOBS.c.workspace_id == access.workspace.id]
         if not _sees_all(access):
-            query = query.where(TrainingJob.user_id == access.actor.user_id)
+            where.append(JOBS.c.user_id == access.actor.user_id)
         if state:
-            query = query.where(TrainingJob.state == state.upper())
+            where.append(JOBS.c.state == state.upper())
         if user:
-            query = query.where(User.name == user)
+            where.append(JOBS.c.user_id == select(User.id).where(User.name == user).scalar_subquery())
         if since is not None:
-            query = query.where(TrainingJob.created_at >= since)
-        total = await count_rows(session, query)
-        rows = await session.execute(page_of(query.order_by(TrainingJob.created_at.desc(), TrainingJob.id), page))
-        return [(job, name) for job, name in rows], total
+            where.append(JOBS.c.created_at >= since)
+        total = await count_rows(session, select(JOBS.c.id).where(*where))
+        rows = await (await session.connection()).execute(page_of(_LIST.where(*where), page))  # rows, not ORM
+        return [(row, str(row.owner_name)) for row in rows], total
+
+    async def history(self, session: AsyncSession, access: WorkspaceAccess, job_id: str) -> Sequence[JobEvent]:
+        """The job's state changes, oldest first (same visibility as the job)."""
+        await self.get(session, access, job_id)
+        return await events.history(session, job_id)
+
+    async def log_file(
+        self,
+        session: AsyncSession,
+        access: WorkspaceAccess,
+        job_id: str,
+        stream: str = "stdout",
+        task: int | None = None,
+    ) -> LogFile:
+        """Where the job's ``stdout`` or ``stderr`` is, as sbatch names it, and whose it must be.
+
+        ``task``: which task of an array (required for one, refused for a single job).
+        """
+        job = await self.get(session, access, job_id)
+        owner = await session.get_one(User, job.user_id)
+        is_array = bool(job.spec.get("array"))
+        if is_array and task is None:
+            raise InvalidInput("this job is an array: say which task's output to read", field="task")
+        if not is_array and task is not None:
+            raise InvalidInput("this job is not an array", field="task")
+        if is_array and task not in task_ids(str(job.spec["array"])):
+            raise NotFound(f"job {job_id!r} has no array task {task}")
+        pattern = job.stdout_path
+        if stream == "stderr" and job.spec.get("stderr"):
+            stderr = str(job.spec["stderr"])
+            pattern = stderr if stderr.startswith("/") else f"{job.work_dir}/{stderr}"
+        if job.slurm_job_id is None:
+            raise Conflict(f"job {job_id!r} has no Slurm job yet (state {job.state})", field="id")
+        values = PatternValues(
+            job_id=None if is_array else job.slurm_job_id,  # an array task's own id is not recorded
+            array_job_id=job.slurm_job_id if is_array else None,
+            task_id=task,
+            user=owner.posix_name or owner.name,
+            name=job.name,
+        )
+        try:
+            path = expand(pattern, values)
+        except UnknownInPattern as exc:
+            hint = "use %A and %a for arrays" if exc.letter in "jJ" else "only the node knows its host name"
+            raise Conflict(f"cannot name the output file: {exc} ({hint})", field="stdout") from exc
+        try:
+            uid = pwd.getpwnam(owner.posix_name or "").pw_uid
+        except KeyError:
+            raise Conflict(f"POSIX account {owner.posix_name!r} does not exist here", field="user") from None
+        return LogFile(path=path, uid=uid, job_id=job.id)
 
     async def control(self, session: AsyncSession, access: WorkspaceAccess, job_id: str, action: str) -> TrainingJob:
         """cancel, hold or release, run as the job's owner (Slurm checks it too)."""
@@ -256,12 +322,32 @@ class JobService:
 
 
 async def _set(session: AsyncSession, job: TrainingJob, **values: Any) -> None:
-    """Update the job's row (and its response view) and commit."""
+    """Update the job's row (and its response view) and commit, with an event if its state changes."""
     values["updated_at"] = utcnow()
     await session.execute(_UPDATE_JOB, {"job_id_": job.id, **values})
+    if "state" in values and values["state"] != job.state:
+        change = StateChange(
+            job_id=job.id,
+            workspace_id=job.workspace_id,
+            old=job.state,
+            new=values["state"],
+            reason=values.get("reason"),
+        )
+        await events.write(session, [change])
     await session.commit()
     for key, value in values.items():
         setattr(job, key, value)
+
+
+_LIST = (
+    select(
+        *(c for c in JOBS.columns if c.key in JobOut.__struct_fields__ or c.key == "spec"),
+        User.name.label("owner_name"),
+    )
+    .join(User, User.id == JOBS.c.user_id)
+    .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
+)
+"""What a list shows (never the scripts), built once: building a statement per call costs more than running it."""
 
 
 def _sees_all(access: WorkspaceAccess) -> bool:
@@ -272,18 +358,8 @@ def _may_see(access: WorkspaceAccess, job: TrainingJob) -> bool:
     return _sees_all(access) or job.user_id == access.actor.user_id
 
 
-def tail(path: str, lines: int) -> list[str]:
-    """The last ``lines`` lines of a log file (read backwards in blocks: logs can be large)."""
-    try:
-        with open(path, "rb") as fh:  # noqa: PTH123
-            fh.seek(0, 2)
-            end = fh.tell()
-            data = b""
-            while end > 0 and data.count(b"\n") <= lines:
-                step = min(65536, end)
-                end -= step
-                fh.seek(end)
-                data = fh.read(step) + data
-    except FileNotFoundError:
-        return []
-    return data.decode(errors="replace").splitlines()[-lines:]
+async def has_finished(database: Database, job_id: str) -> bool:
+    """Whether the job is over (or gone), read in a session of its own: for streams outliving their request."""
+    async with database.session(write=False) as session:
+        state = await session.scalar(select(TrainingJob.state).where(TrainingJob.id == job_id))
+    return state is None or state in FINAL_STATES

@@ -87,7 +87,7 @@ async def list_users(
     is_admin: bool | None = None,
     disabled: bool | None = None,
     user_type: UserType | None = None,
-) -> tuple[list[User], int]:
+) -> tuple[list[User], int | None]:
     query = _live()
     if q:
         pattern = f"%{q}%"

@@ -152,7 +152,7 @@ async def list_workspaces(
     q: str | None = None,
     status: WorkspaceStatus | None = None,
     mine: bool = False,
-) -> tuple[list[tuple[Workspace, Role | None]], int]:
+) -> tuple[list[tuple[Workspace, Role | None]], int | None]:
     """Members see their workspaces; platform admins see all of them unless ``mine``."""
     membership = (Member.workspace_id == Workspace.id) & (Member.user_id == actor.user_id) & Member.deleted_at.is_(None)
     query = select(Workspace, Member.role).where(Workspace.deleted_at.is_(None))
@@ -211,7 +211,7 @@ async def delete_workspace(session: AsyncSession, access: WorkspaceAccess) -> No
 
 async def list_members(
     session: AsyncSession, access: WorkspaceAccess, page: Pagination, role: Role | None = None
-) -> tuple[list[tuple[Member, str]], int]:
+) -> tuple[list[tuple[Member, str]], int | None]:
     access.require(Role.MEMBER)
     query = (
         select(Member, User.name)

@@ -36,6 +36,8 @@ class Dialect(Protocol):
         self, text: str, *, fields: Sequence[str] | None = ..., delimiter: str = "|"
     ) -> list[Association]: ...
 
+    def parse_associations_json(self, payload: bytes | str) -> list[Association]: ...
+
 
 _DIALECTS: dict[tuple[int, int], Dialect] = {v22_05.RELEASE: v22_05}
 

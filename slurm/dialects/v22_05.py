@@ -19,10 +19,17 @@ import msgspec
 from slurm.dialects.parsable import parse_associations, parse_sacct_parsable
 from slurm.errors import SlurmUnavailable
 from slurm.hostlist import expand_hostlist
-from slurm.records import AccountingRecord, Allocation, Job, JobState, NodeAllocation
+from slurm.records import AccountingRecord, Allocation, Association, Job, JobState, NodeAllocation
 from slurm.tres import parse_tres
 
-__all__ = ["RELEASE", "parse_associations", "parse_sacct", "parse_sacct_parsable", "parse_squeue"]
+__all__ = [
+    "RELEASE",
+    "parse_associations",
+    "parse_associations_json",
+    "parse_sacct",
+    "parse_sacct_parsable",
+    "parse_squeue",
+]
 
 RELEASE = (22, 5)
 _NOTHING_FOUND = 9003
@@ -94,6 +101,7 @@ def _job(raw: dict[str, Any]) -> Job:
         reason=None if raw.get("state_reason") in (None, "", "None") else raw["state_reason"],
         array_job_id=raw.get("array_job_id") or None,
         array_task_id=array_task if isinstance(array_task, int) else None,
+        array_task_string=raw.get("array_task_string") or "",
         qos=raw.get("qos") or None,
         nodes=nodes,
         node_count=raw.get("node_count") or 0,
@@ -182,15 +190,15 @@ def _step_record(job: AccountingRecord, raw: dict[str, Any]) -> AccountingRecord
     )
 
 
-def _decode(payload: bytes | str, command: str) -> list[dict[str, Any]]:
+def _decode(payload: bytes | str, command: str, key: str = "jobs") -> list[dict[str, Any]]:
     document = msgspec.json.decode(payload)
     # sacct (and /slurmdb) report an empty result as error 9003 "Nothing found": that is no jobs, not an outage.
     errors = [e for e in document.get("errors") or [] if e.get("error_number") != _NOTHING_FOUND]
     if errors:
         described = "; ".join(f"{e.get('source', '?')}: {e.get('description') or e.get('error')}" for e in errors)
         raise SlurmUnavailable(f"{command} reported errors: {described}", command=command)
-    jobs: list[dict[str, Any]] = document.get("jobs", [])
-    return jobs
+    items: list[dict[str, Any]] = document.get(key) or []
+    return items
 
 
 def parse_squeue(payload: bytes | str) -> list[Job]:
@@ -207,3 +215,21 @@ def parse_sacct(payload: bytes | str, *, steps: bool = False) -> list[Accounting
         if steps:
             records += [_step_record(job, s) for s in raw.get("steps") or []]
     return records
+
+
+def _association(raw: dict[str, Any]) -> Association:
+    tres = ((raw.get("max") or {}).get("tres") or {}).get("total")
+    return Association(
+        cluster=raw.get("cluster") or "",
+        account=raw.get("account") or "",
+        user=raw.get("user") or None,
+        partition=raw.get("partition") or None,
+        grp_tres=_tres_list(tres),
+        qos=tuple(raw.get("qos") or ()),
+    )
+
+
+def parse_associations_json(payload: bytes | str) -> list[Association]:
+    """slurmrestd's ``GET /slurmdb/v0.0.38/associations`` (sacctmgr has no JSON in 22.05), in slurmdbd's order
+    (the account before its users, as ``sacctmgr show assoc`` lists them). GrpTRES is ``max.tres.total``."""
+    return [_association(raw) for raw in _decode(payload, "slurmdbd", key="associations")]

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import socket
 import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
 from slurm.cli import CliSlurmClient
+from slurm.rest import RestSlurmClient
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,6 +33,11 @@ class Cluster(msgspec.Struct, frozen=True):
     @property
     def rest_url(self) -> str:
         return self.env["REMOTEGPU_SLURMRESTD_URL"]
+
+    @property
+    def jwt_key(self) -> Path:
+        """The HS256 key slurmctld, slurmdbd and slurmrestd check tokens with."""
+        return Path(self.conf).parents[1] / "state" / "jwt_hs256.key"
 
     def run(self, *argv: str, user: str | None = None) -> str:
         """Run a Slurm command (as ``user`` when given) and return its stdout."""
@@ -89,3 +100,95 @@ def slurm_account(slurm_cluster: Cluster) -> Iterator[str]:
 @pytest.fixture
 def cli_client(slurm_cluster: Cluster) -> CliSlurmClient:
     return CliSlurmClient(slurm_conf=slurm_cluster.conf, timeout=30)
+
+
+@pytest.fixture
+async def rest_client(slurm_cluster: Cluster, cli_client: CliSlurmClient) -> AsyncIterator[RestSlurmClient]:
+    """slurmrestd, with tokens from ``scontrol token``; account limits through the CLI (slurmrestd 22.05 cannot)."""
+    client = RestSlurmClient(slurm_cluster.rest_url, slurm_conf=slurm_cluster.conf, timeout=30, limits=cli_client)
+    yield client
+    await client.close()
+
+
+REMOTEGPU = [sys.executable, "-m", "gateway.cli"]
+
+
+class Gateway(msgspec.Struct, frozen=True):
+    """A real ``remotegpu serve`` process on the cluster, and the environment its commands share."""
+
+    url: str
+    env: dict[str, str]
+    logs: Path
+
+    def command(
+        self, *args: str, cwd: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``remotegpu ARGS`` against this gateway's database and settings."""
+        return subprocess.run(
+            [*REMOTEGPU, *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def token(self, user: str, *, admin: bool = False) -> str:
+        """Create ``user`` (a POSIX user of the same name) and return a bearer token for them."""
+        flags = ["--admin"] if admin else []
+        made = self.command("admin", "create-user", user, *flags, extra_env={"REMOTEGPU_PASSWORD": f"{user}-password"})
+        assert made.returncode == 0, made.stderr
+        return self.command("token", "create", user).stdout.strip()
+
+    @contextlib.contextmanager
+    def worker(self, interval: float = 0.5) -> Iterator[subprocess.Popen[bytes]]:
+        """``remotegpu worker`` running (polling every ``interval`` s) for the length of the block."""
+        with (self.logs / "worker.log").open("ab") as log:
+            process = subprocess.Popen(
+                [*REMOTEGPU, "worker"],
+                env={**self.env, "REMOTEGPU_POLL_INTERVAL_SECONDS": str(interval)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def gateway(slurm_cluster: Cluster, make_database_url: Callable[[str], str], tmp_path: Path) -> Iterator[Gateway]:
+    """``remotegpu serve`` on a fresh SQLite database, pointed at the cluster; stopped by PID afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
+    env.update(
+        REMOTEGPU_DATABASE_URL=make_database_url("sqlite"),
+        REMOTEGPU_SLURM_CONF=slurm_cluster.conf,
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [*REMOTEGPU, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"remotegpu serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+        yield Gateway(url=url, env=env, logs=tmp_path)
+    finally:
+        server.terminate()
+        server.wait(10)

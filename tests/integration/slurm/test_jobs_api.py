@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +23,20 @@ WS = "/api/v1/workspaces"
 
 
 @pytest.fixture
+def slurm_client(request: pytest.FixtureRequest) -> SlurmClient:
+    """The CLI backend, or the one a test asks for with ``parametrize("slurm_client", [...], indirect=True)``."""
+    backend: SlurmClient = request.getfixturevalue(f"{getattr(request, 'param', 'cli')}_client")
+    return backend
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("slurm_client", ["cli", "rest"], indirect=True)
+
+
+@pytest.fixture
 async def api(
-    settings: Settings, clean_database: Database, cli_client: CliSlurmClient
+    settings: Settings, clean_database: Database, slurm_client: SlurmClient
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as client:
+    async with asgi_client(create_app(settings, database=clean_database, slurm=slurm_client)) as client:
         yield client
 
 
@@ -59,13 +70,14 @@ async def _poll_until(
         await asyncio.sleep(0.5)
 
 
+@BOTH_BACKENDS
 async def test_submit_follow_and_read_logs(
     api: httpx.AsyncClient,
     make_user: UserFactory,
     posix_user: PosixUserFactory,
     slurm_account: str,
     clean_database: Database,
-    cli_client: CliSlurmClient,
+    slurm_client: SlurmClient,
 ) -> None:
     team = await _team(api, make_user, posix_user, slurm_account)
     body = {
@@ -84,10 +96,15 @@ async def test_submit_follow_and_read_logs(
     again = await api.post(f"{WS}/lab/jobs", json=body, headers={**team["alice"], "Idempotency-Key": "k-1"})
     assert again.status_code == 200 and again.json()["id"] == job["id"]
 
-    poller = Poller(clean_database, cli_client)
+    poller = Poller(clean_database, slurm_client)
     done = await _poll_until(poller, api, job["id"], team["alice"], {"COMPLETED", "FAILED"})
     assert done["state"] == "COMPLETED" and done["exit_code"] == 0 and done["allocated"]["gres/gpu"] == 1
-    assert done["started_at"] and done["ended_at"] and done["nodes"]
+    assert done["started_at"] and done["ended_at"] and done["nodes"] and done["array_tasks"] is None
+    history = (await api.get(f"{WS}/lab/jobs/{job['id']}/events", headers=team["alice"])).json()
+    states = [(e["old_state"], e["new_state"]) for e in history]
+    assert states[:2] == [(None, "SUBMITTING"), ("SUBMITTING", "PENDING")] and states[-1][1] == "COMPLETED"
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(states)), states  # one unbroken chain
+    assert (await api.get(f"{WS}/lab/jobs/{job['id']}/events", headers=team["bob"])).status_code == 404
 
     logs = (await api.get(f"{WS}/lab/jobs/{job['id']}/logs", headers=team["alice"])).json()
     assert logs["lines"] == [f"hi from {team['names']['alice']} on {done['nodes'][0]} gpu=0"]
@@ -99,20 +116,21 @@ async def test_submit_follow_and_read_logs(
     assert [j["id"] for j in listed["items"]] == [job["id"]]
 
 
+@BOTH_BACKENDS
 async def test_control_and_permissions(
     api: httpx.AsyncClient,
     make_user: UserFactory,
     posix_user: PosixUserFactory,
     slurm_account: str,
     clean_database: Database,
-    cli_client: CliSlurmClient,
+    slurm_client: SlurmClient,
 ) -> None:
     team = await _team(api, make_user, posix_user, slurm_account)
     r = await api.post(
         f"{WS}/lab/jobs", json={"name": "sleepy", "command": ["sleep", "300"], "hold": True}, headers=team["alice"]
     )
     job_id = r.json()["id"]
-    poller = Poller(clean_database, cli_client)
+    poller = Poller(clean_database, slurm_client)
     held = await _poll_until(poller, api, job_id, team["alice"], {"PENDING"})
     assert held["reason"] in ("JobHeldUser", "JobHeldAdmin")
     assert (await api.post(f"{WS}/lab/jobs/{job_id}/cancel", headers=team["bob"])).status_code == 404

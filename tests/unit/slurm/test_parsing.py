@@ -9,9 +9,11 @@ import pytest
 
 from slurm.dialects import Dialect, for_version, release, v22_05
 from slurm.errors import (
+    AccessDenied,
     InvalidAccount,
     InvalidPartition,
     NodeConfigUnavailable,
+    SlurmError,
     SlurmUnavailable,
     SubmitRejected,
     classify,
@@ -262,9 +264,26 @@ def test_bad_durations(text: str) -> None:
             SlurmUnavailable,
         ),
         ("sbatch: error: something new", SubmitRejected),
+        # the connection broke after sbatch sent the job: it may exist
+        ("sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received", SlurmUnavailable),
+        # the submitting user is unknown to the controller: a refusal of the job, not "someone else's job"
+        ("sbatch: error: Batch job submission failed: Invalid user id", SubmitRejected),
     ],
 )
 def test_sbatch_errors_are_typed_and_keep_slurms_words(stderr: str, cls: type[Exception]) -> None:
     error = classify(stderr, command="sbatch", submit=True)
     assert type(error) is cls
     assert error.message and "sbatch: error" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("stderr", "cls"),
+    [
+        ("Invalid user id for job 7\nslurm_suspend error: Invalid user id", AccessDenied),  # someone else's job
+        ("Job has already finished for job 7\nslurm_suspend error: Job has already finished", SlurmError),
+        ("scancel: error: Kill job error on job id 7: Access/permission denied", AccessDenied),
+        ("sacctmgr: error: Unable to connect to database", SlurmUnavailable),
+    ],
+)
+def test_control_errors_are_typed(stderr: str, cls: type[Exception]) -> None:
+    assert type(classify(stderr, command="scontrol")) is cls

@@ -1,0 +1,128 @@
+"""Reading a job's output files for its user: the last lines, or everything new as it is written.
+
+The gateway reads as root, but only what the job's user could have written: the file is opened without
+blocking (a FIFO cannot hang a thread), and must be a regular file owned by the job's POSIX user, checked on
+the opened descriptor (a symlink swapped in between cannot redirect the read). A user who points ``--output``
+at someone else's file gets a refusal, not its content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO
+
+BLOCK = 64 * 1024
+MAX_TAIL_BYTES = 8 * 1024 * 1024
+"""The most a tail reads back: a file of one endless line is shown from this far before its end."""
+
+
+class LogUnreadable(Exception):
+    """The path exists but is not the job user's regular file."""
+
+
+def open_owned(path: str, uid: int) -> IO[bytes] | None:
+    """``path`` opened for reading if it is ``uid``'s regular file; None if there is none (yet)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError as exc:
+        raise LogUnreadable(f"{path} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LogUnreadable(f"{path} is not a regular file")
+        if info.st_uid != uid:
+            raise LogUnreadable(f"{path} does not belong to the job's user")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def tail_start(fh: IO[bytes], lines: int) -> int:
+    """Where the last ``lines`` lines of an open file begin (read backwards in blocks: logs can be large)."""
+    fh.seek(0, os.SEEK_END)
+    end = position = fh.tell()
+    data = b""
+    while position > 0 and end - position < MAX_TAIL_BYTES and data.count(b"\n", 0, len(data) - 1) < lines:
+        step = min(BLOCK, position)
+        position -= step
+        fh.seek(position)
+        data = fh.read(step) + data
+    # the last line may be unfinished; count back ``lines`` line breaks from before it
+    cut = len(data) - 1 if data.endswith(b"\n") else len(data)
+    for _ in range(lines):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut < 0:
+            return position
+    return end - (len(data) - cut - 1)
+
+
+def tail(path: str, uid: int, lines: int) -> list[str]:
+    """The last ``lines`` lines of the user's file at ``path`` (none if it is not there yet)."""
+    fh = open_owned(path, uid)
+    if fh is None:
+        return []
+    with fh:
+        fh.seek(tail_start(fh, lines))
+        return _lines(fh.read().decode(errors="replace"))[-lines:]
+
+
+def _lines(text: str) -> list[str]:
+    """Split at newlines only: a progress bar's carriage returns stay inside its line."""
+    parts = text.split("\n")
+    return parts[:-1] if parts[-1] == "" else parts
+
+
+async def follow(
+    path: str,
+    uid: int,
+    lines: int,
+    finished: Callable[[], Awaitable[bool]],
+    *,
+    interval: float = 1.0,
+) -> AsyncIterator[bytes]:
+    """The last ``lines`` lines, then whatever is appended, until ``finished()`` says the job is over and the
+    file has been read to its end. Waits for the file to appear while the job has not started writing it.
+    A file that shrinks (rewritten) is read again from its start."""
+    fh: IO[bytes] | None = None
+    try:
+        while fh is None:
+            fh = await asyncio.to_thread(open_owned, path, uid)
+            if fh is None:
+                if await finished():
+                    return
+                await asyncio.sleep(interval)
+        fh.seek(await asyncio.to_thread(tail_start, fh, lines))
+        pending = b""  # the start of a line not yet ended
+        while True:
+            chunk = await asyncio.to_thread(_read_new, fh)
+            if chunk:
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n")
+                if complete:
+                    yield complete + b"\n"
+                continue
+            if await finished():
+                # what was written between the last read and the check, however much
+                while rest := await asyncio.to_thread(_read_new, fh):
+                    pending += rest
+                if pending:
+                    yield pending
+                return
+            await asyncio.sleep(interval)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _read_new(fh: IO[bytes]) -> bytes:
+    position = fh.tell()
+    size = os.fstat(fh.fileno()).st_size
+    if size < position:  # truncated or rewritten
+        fh.seek(0)
+    return fh.read(BLOCK * 16)
