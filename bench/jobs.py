@@ -1,11 +1,12 @@
 """Training-job benchmarks on the local Slurm cluster, each against a baseline measured in the same run.
 
 1. submit: N submissions through the API vs N raw ``runuser -u USER -- sbatch`` (same concurrency); goal >= 0.8x.
-2. poll: Slurm calls per poll cycle with 1, 100 and 500 jobs; goal: constant (batchspawner needs one per job).
+2. poll: slurmctld requests (counted by sdiag) per poll cycle with 1, 100 and 500 jobs, against polling each
+   job with ``squeue -j`` as batchspawner does; goal: constant.
 3. list: p50 of ``GET .../jobs`` with 10,000 jobs in the database vs ``GET /healthz``; goal <= 3x.
 
     .venv/bin/python bench/jobs.py [--submissions 200] [--concurrency 8] [--backend sqlite|postgresql]
-                                   [--only submit,poll,list] [--rounds 1]
+                                   [--slurm cli|rest] [--only submit,poll,list] [--rounds 1]
 Runs as root (it creates a POSIX user and starts the gateway); needs deploy/dev/slurm/up (run by it).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -26,15 +28,18 @@ from statistics import median
 
 import httpx
 import msgspec
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from bench.api import cli, cpu_seconds, database, free_ports, remotegpu_command, server
+from gateway.config import load_settings
 from gateway.db.session import Database
 from gateway.jobs.models import TrainingJob, new_job_id
 from gateway.jobs.poller import Poller
+from gateway.slurm_client import make_slurm_client
 from gateway.users.models import User
 from gateway.workspaces.models import Workspace
 from slurm.cli import CliSlurmClient
+from slurm.client import SlurmClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_ROOT = Path("/var/tmp/remotegpu-slurm")
@@ -173,12 +178,30 @@ async def bench_submit(s: Setup, http: httpx.AsyncClient, n: int, concurrency: i
     print(f"  ratio (API / raw throughput): {median(ratios):.2f}  (goal >= 0.80)")
 
 
-async def bench_poll(s: Setup, slurm: CliSlurmClient) -> None:
+_SDIAG_LINE = re.compile(r"^\s*(REQUEST_\w+)\s+\(\s*\d+\)\s+count:(\d+)")
+
+
+def controller_requests(env: dict[str, str]) -> dict[str, int]:
+    """slurmctld's count of each client request type so far (``sdiag``): what a design costs the controller."""
+    out = subprocess.run(["sdiag"], env=env, capture_output=True, text=True, check=True).stdout
+    section = out.split("Remote Procedure Call statistics by message type", 1)[1].split("by user", 1)[0]
+    return {m[1]: int(m[2]) for line in section.splitlines() if (m := _SDIAG_LINE.match(line))}
+
+
+def requests_between(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(count - before.get(kind, 0) for kind, count in after.items())
+
+
+async def bench_poll(s: Setup, slurm: SlurmClient) -> None:
+    """Controller requests per cycle, read off slurmctld (sdiag), for the gateway's poller and for polling
+    each job with ``squeue -j`` as batchspawner does, with 1, 100 and 500 jobs."""
     database = Database(s.db_url)
     async with database.session() as session:
         ws_id = (await session.scalars(Workspace.__table__.select())).first()
         owner = (await session.scalars(User.__table__.select().where(User.name == s.user))).first()
-    print("poll: Slurm calls per cycle")
+    print("poll: slurmctld requests per cycle (sdiag), gateway poller vs one squeue -j per job")
+    print(f"  {'jobs':>5} {'gateway':>8} {'per job':>8} {'gateway ms':>11} {'per job ms':>11}")
+    poller = Poller(database, slurm)
     for count in (1, 100, 500):
         ids = [
             int(subprocess.run(s.sbatch_argv(), env=s.raw_env, capture_output=True, text=True, check=True).stdout)
@@ -201,8 +224,22 @@ async def bench_poll(s: Setup, slurm: CliSlurmClient) -> None:
                 for i in ids
             )
             await session.commit()
-        result = await Poller(database, slurm).poll_once()
-        print(f"  {count:4d} jobs: gateway {result.slurm_calls} call(s); per-job polling: {count}")
+        await poller.poll_once()  # settle what the new rows change, so the measured cycle is a steady one
+        before = controller_requests(s.raw_env)
+        started = time.perf_counter()
+        await poller.poll_once()
+        gateway_ms = (time.perf_counter() - started) * 1000
+        middle = controller_requests(s.raw_env)
+        started = time.perf_counter()
+        for job_id in ids:
+            subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T %B"], env=s.raw_env, capture_output=True)
+        per_job_ms = (time.perf_counter() - started) * 1000
+        after = controller_requests(s.raw_env)
+        gateway, per_job = requests_between(before, middle), requests_between(middle, after)
+        print(f"  {count:5d} {gateway:8d} {per_job:8d} {gateway_ms:11.1f} {per_job_ms:11.1f}")
+        async with database.session() as session:
+            await session.execute(update(TrainingJob).values(state="CANCELLED"))
+            await session.commit()
         s.cancel_all()
     await database.dispose()
 
@@ -256,22 +293,30 @@ async def main() -> int:
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1, help="submit: alternate raw/API this many times")
-    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite", help="the gateway's database")
+    parser.add_argument("--slurm", choices=["cli", "rest"], default="cli", help="how the gateway talks to Slurm")
     parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases: submit,poll,list")
     args = parser.parse_args()
     phases = set(args.only.split(","))
     if phases - set(PHASES):
         parser.error(f"unknown phase(s): {', '.join(sorted(phases - set(PHASES)))}")
-    conf = slurm_env()["SLURM_CONF"]
-    slurm = CliSlurmClient(slurm_conf=conf)
+    cluster = slurm_env()
+    conf = cluster["SLURM_CONF"]
+    slurm_settings = {
+        "REMOTEGPU_SLURM_CONF": conf,
+        "REMOTEGPU_SLURM_BACKEND": args.slurm,
+        "REMOTEGPU_SLURMRESTD_URL": cluster["REMOTEGPU_SLURMRESTD_URL"],
+    }
+    admin = CliSlurmClient(slurm_conf=conf)  # the benchmark's own set-up and clean-up
+    slurm = make_slurm_client(load_settings(environ=slurm_settings))
     user, account = f"rgb{uuid.uuid4().hex[:6]}", f"bench{uuid.uuid4().hex[:6]}"
     subprocess.run(["useradd", "--create-home", user], check=True)
     try:
         with tempfile.TemporaryDirectory(prefix="remotegpu-bench-") as tmp, database(args.backend, Path(tmp)) as url:
             env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
             env.update(
+                slurm_settings,
                 REMOTEGPU_DATABASE_URL=url,
-                REMOTEGPU_SLURM_CONF=conf,
                 REMOTEGPU_LOG_LEVEL="WARNING",
                 REMOTEGPU_PASSWORD="bench-password",
             )
@@ -279,8 +324,8 @@ async def main() -> int:
             cli(env, "admin", "create-user", "root", "--admin")
             cli(env, "admin", "create-user", user)
             root_token, user_token = cli(env, "token", "create", "root"), cli(env, "token", "create", user)
-            await slurm.ensure_account(account)
-            await slurm.ensure_association(user, account)
+            await admin.ensure_account(account)
+            await admin.ensure_association(user, account)
             [port] = free_ports(1)
             base = f"http://127.0.0.1:{port}"
             argv = [*remotegpu_command(), "serve", "--port", str(port), "--no-migrate"]
@@ -302,7 +347,7 @@ async def main() -> int:
                         json={"slug": "bench", "name": "B", "owner": user, "slurm_account": account},
                     )
                     r.raise_for_status()
-                    print(f"backend: {args.backend}")
+                    print(f"database: {args.backend}; Slurm through: {args.slurm}")
                     if "submit" in phases:
                         await bench_submit(setup, http, args.submissions, args.concurrency, args.rounds)
                     if "poll" in phases:
@@ -311,7 +356,8 @@ async def main() -> int:
                         await bench_list(setup, http)
     finally:
         subprocess.run(["scancel", "-u", user], env={"PATH": "/usr/bin:/bin", "SLURM_CONF": conf}, check=False)
-        await slurm.remove_account(account)
+        await admin.remove_account(account)
+        await slurm.close()
         subprocess.run(["userdel", "--remove", user], check=False, capture_output=True)
     return 0
 

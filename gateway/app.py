@@ -82,7 +82,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContextMiddleware, login_throttle.middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "database": db, "jobs": JobService(slurm, settings)}),
+        state=State({"settings": settings, "database": db, "jobs": JobService(db, slurm, settings)}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=OpenAPIConfig(

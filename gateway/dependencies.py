@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.actor import Actor
 from gateway.auth import service as auth_service
 from gateway.config import Settings
-from gateway.db.request_sessions import request_session
+from gateway.db.request_sessions import remember_session, request_session
 from gateway.db.session import Database
 from gateway.errors import Forbidden, Unauthorized
 from gateway.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Pagination
@@ -38,6 +38,22 @@ def lazy_session(request: Request[object, object, State]) -> LazySession:
     return lambda: request_session(request.scope, lambda: database.session(write=write))
 
 
+def lookup_session(request: Request[object, object, State]) -> LazySession:
+    """A read-only session of its own, for what the access cache loads (who calls, their role in a workspace).
+
+    Not the request's session: for a write request that one takes SQLite's write lock at its first statement
+    and keeps it until the request ends, which a unit of work the handler runs (Database.run) would wait for.
+    """
+    database: Database = request.app.state.database
+
+    def make() -> AsyncSession:
+        session = database.session(write=False)
+        remember_session(request.scope, session)
+        return session
+
+    return make
+
+
 def provide_db_session(request: Request[object, object, State]) -> AsyncSession:
     """Closed by the request-context middleware when the response is done."""
     return lazy_session(request)()
@@ -48,12 +64,12 @@ def provide_settings(state: State) -> Settings:
     return settings
 
 
-async def provide_actor(request: Request[object, object, State], db_session: NamedDependency[AsyncSession]) -> Actor:
+async def provide_actor(request: Request[object, object, State]) -> Actor:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-    return await auth_service.authenticate(lazy_session(request), secret.strip())
+    return await auth_service.authenticate(lookup_session(request), secret.strip())
 
 
 async def provide_admin(actor: NamedDependency[Actor]) -> Actor:

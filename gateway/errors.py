@@ -10,6 +10,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import OperationalError
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("gateway.errors")
@@ -169,6 +170,21 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     )
 
 
+def handle_database_unavailable(request: Request[Any, Any, Any], exc: OperationalError) -> Response[Any]:
+    """The database refused or lost the connection, or stayed locked past its busy timeout: try again soon."""
+    log.warning("database_unavailable", path=request.url.path, error=str(exc.orig or exc)[:300])
+    return _response(
+        request,
+        Problem(
+            type=problem_type("database-unavailable"),
+            title="Database unavailable",
+            status=503,
+            detail="The database did not answer; try again in a few seconds.",
+        ),
+        {"Retry-After": "5"},
+    )
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return _response(
@@ -185,6 +201,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     GatewayError: handle_gateway_error,
     HTTPException: handle_http_exception,
+    OperationalError: handle_database_unavailable,
     Exception: handle_unexpected,
 }
 

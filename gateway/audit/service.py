@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.actor import Actor
@@ -72,8 +72,7 @@ def record(
     return entry
 
 
-async def record_now(
-    session: AsyncSession,
+def audit_row(
     actor: Actor,
     action: str,
     *,
@@ -81,14 +80,10 @@ async def record_now(
     target: str,
     workspace_id: int | None = None,
     details: dict[str, Any] | None = None,
-) -> None:
-    """The same entry, written at once with a plain INSERT in the caller's transaction.
-
-    For hot paths that write their own rows with plain statements too (job submission): the ORM's unit of
-    work costs more than the rest of such a request.
-    """
-    values = _entry(actor, action, target_type=target_type, target=target, workspace_id=workspace_id, details=details)
-    await session.execute(insert(AUDIT_LOG), values)
+) -> dict[str, Any]:
+    """The same entry as the values of a plain INSERT into AUDIT_LOG, for hot paths that write their own rows
+    with plain statements (job submission): the ORM's unit of work costs more than the rest of such a request."""
+    return _entry(actor, action, target_type=target_type, target=target, workspace_id=workspace_id, details=details)
 
 
 async def list_entries(

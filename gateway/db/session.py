@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
+
+T = TypeVar("T")
 
 WRITE_OPTION = "remotegpu_write"
 
@@ -32,14 +42,20 @@ def sync_url(url: str) -> URL:
     return parsed
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite connection waits for another's write lock before giving up (a 503)."""
+INLINE_BUSY_TIMEOUT_MS = 100
+"""The same for reads run in the event loop's thread, which wait only in rare moments (WAL recovery)."""
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry, *, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
     # Let SQLAlchemy, not the driver, emit BEGIN (see _sqlite_begin).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cursor.close()
 
 
@@ -50,27 +66,52 @@ def _sqlite_begin(conn: Connection) -> None:
     SQLITE_BUSY_SNAPSHOT instead of waiting; taking the lock first makes concurrent writers queue on
     busy_timeout instead. Read-only sessions keep a plain deferred BEGIN so they never block.
     """
-    mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    options = conn.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        return  # Database.run's reads: each statement on its own
+    conn.exec_driver_sql(f"BEGIN {'IMMEDIATE' if options.get(WRITE_OPTION) else 'DEFERRED'}")
 
 
 def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    parsed = async_url(url)
+def _engine_options(parsed: URL, pool_size: int, echo: bool, *, pre_ping: bool = True) -> dict[str, Any]:
     # msgspec reads and writes JSON columns several times faster than the json module
-    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
+    options: dict[str, Any] = {"echo": echo, "json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
     if parsed.get_backend_name() == "sqlite":  # a local file: no connection to lose, nothing to ping
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-    engine = create_async_engine(parsed, **kwargs)
-    if parsed.get_backend_name() == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
+    return options
+
+
+def _sqlite_events(engine: Engine, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", partial(_sqlite_connect, busy_ms=busy_ms))
+        event.listen(engine, "begin", _sqlite_begin)
+
+
+def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+    parsed = async_url(url)
+    engine = create_async_engine(parsed, **_engine_options(parsed, pool_size, echo))
+    _sqlite_events(engine.sync_engine)
+    return engine
+
+
+def create_thread_engine(url: str, *, pool_size: int = 10, echo: bool = False, autocommit: bool = False) -> Engine:
+    """The same database through a synchronous driver, for units of work run in a thread (Database.run);
+    ``autocommit``: connections that run each statement on their own (no BEGIN, no COMMIT)."""
+    parsed = sync_url(url)
+    # Database.run ends every transaction itself (commit, or rollback on error): no reset on return needed.
+    # No ping before each unit either (a round trip per unit on PostgreSQL): a connection lost meanwhile fails
+    # its unit, which Database.run repeats once if it only read, and invalidates the pool.
+    options = _engine_options(parsed, pool_size, echo, pre_ping=False)
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+    engine = create_sync_engine(parsed, pool_reset_on_return=None, **options)
+    _sqlite_events(engine, INLINE_BUSY_TIMEOUT_MS if autocommit else BUSY_TIMEOUT_MS)
     return engine
 
 
@@ -79,7 +120,11 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.echo = echo
         self.engine = create_engine(url, pool_size=pool_size, echo=echo)
+        self._threaded: _Threaded | None = None
+        self._threads_lock = threading.Lock()
         self.read_sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self.sessionmaker = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
@@ -93,5 +138,75 @@ class Database:
     def session(self, *, write: bool = True) -> AsyncSession:
         return (self.sessionmaker if write else self.read_sessionmaker)()
 
+    async def run(self, work: Callable[[Session], T], *, write: bool = True) -> T:
+        """``work(session)`` as one transaction, committed when it returns (rolled back if it raises); its result.
+
+        For the hot paths (submission, job lists, the poller's writes). A synchronous unit of work costs one
+        hand-off to a thread, where an AsyncSession hands every statement, BEGIN and COMMIT over to a thread
+        (aiosqlite) or to the event loop (psycopg): 0.43 ms against 1.5 ms for an INSERT pair on SQLite, 0.63
+        against 1.1 ms on PostgreSQL. Objects it returns are detached and loaded (no lazy loads afterwards).
+
+        * Writes on SQLite run one at a time in one thread: SQLite has one writer anyway, and queueing here
+          costs nothing where queueing on its lock costs busy-waiting.
+        * Reads (``write=False``) run each statement on its own (autocommit), so two of them may see different
+          commits, which a list's page and its count can live with. On SQLite they run in the caller's thread:
+          in WAL mode a reader never waits for writers, and a page of 50 jobs takes less time than the hand-off
+          (their busy timeout, INLINE_BUSY_TIMEOUT_MS, bounds the rare waits that remain). A read that found
+          its connection gone is run once more.
+        """
+        engine, pool = self._threads(write)
+        if not write and engine.dialect.name == "sqlite":
+            return self._unit(engine, work)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, self._unit, engine, work)
+        except DBAPIError as exc:
+            if write or not exc.connection_invalidated:
+                raise  # a write may or may not have reached the database: its caller decides
+            return await loop.run_in_executor(pool, self._unit, engine, work)
+
+    @staticmethod
+    def _unit(engine: Engine, work: Callable[[Session], T]) -> T:
+        with Session(engine, expire_on_commit=False) as session:
+            result = work(session)
+            session.commit()
+            return result
+
+    def _threads(self, write: bool) -> tuple[Engine, ThreadPoolExecutor]:
+        """The thread engine and pools, made on first use (most processes never need them)."""
+        with self._threads_lock:
+            if self._threaded is None:
+                engine = create_thread_engine(self.url, pool_size=self.pool_size, echo=self.echo)
+                reads = create_thread_engine(self.url, pool_size=self.pool_size, echo=self.echo, autocommit=True)
+                writers = 1 if engine.dialect.name == "sqlite" else self.pool_size
+                self._threaded = _Threaded(
+                    reads=reads,
+                    writes=engine.execution_options(**{WRITE_OPTION: True}),
+                    engine=engine,
+                    write_pool=ThreadPoolExecutor(writers, thread_name_prefix="db-write"),
+                    read_pool=ThreadPoolExecutor(self.pool_size, thread_name_prefix="db-read"),
+                )
+            threaded = self._threaded
+        return (threaded.writes, threaded.write_pool) if write else (threaded.reads, threaded.read_pool)
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        with self._threads_lock:
+            threaded, self._threaded = self._threaded, None
+        if threaded is not None:
+            for pool in (threaded.write_pool, threaded.read_pool):
+                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+            threaded.engine.dispose()
+            threaded.reads.dispose()
+
+
+class _Threaded(msgspec.Struct, frozen=True):
+    """What Database.run uses: a synchronous engine, its views for reads and writes, and the threads."""
+
+    engine: Engine
+    reads: Engine
+    """An engine of its own, in autocommit: no BEGIN and COMMIT round trips; each statement sees the latest
+    commits (switching one connection in and out of autocommit would cost round trips of its own)."""
+    writes: Engine
+    write_pool: ThreadPoolExecutor
+    read_pool: ThreadPoolExecutor

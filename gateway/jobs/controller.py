@@ -47,20 +47,18 @@ class JobController(Controller):
     @post("/", opt={CACHED_ACCESS: True})  # sbatch checks the account and association again
     async def submit(
         self,
-        db_session: DbSession,
         access: Access,
         jobs: Jobs,
         data: JSONBody[JobCreate],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[JobOut]:
         """Submit a training job as the caller. Retrying with the same ``Idempotency-Key`` returns the same job."""
-        job, created = await jobs.submit(db_session, access, data, idempotency_key)
+        job, created = await jobs.submit(access, data, idempotency_key)
         return Response(JobOut.of(job, access.actor.name), status_code=201 if created else 200)
 
     @get("/")
     async def list_jobs(
         self,
-        db_session: DbSession,
         access: Access,
         jobs: Jobs,
         page: PageParams,
@@ -69,7 +67,7 @@ class JobController(Controller):
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
         since: FromQuery[datetime | None] = None,
     ) -> Page[JobOut]:
-        rows, total = await jobs.list(db_session, access, page, state=status, user=user, since=since)
+        rows, total = await jobs.list(access, page, state=status, user=user, since=since)
         return Page([JobOut.of(job, name) for job, name in rows], total, page.limit, page.offset)
 
     @get("/{job_id:str}")

@@ -13,12 +13,14 @@ import msgspec
 import structlog
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db.base import utcnow
 from gateway.jobs.models import JobEvent
 
 log = structlog.get_logger("gateway.jobs.events")
 EVENTS: Table = JobEvent.__table__  # type: ignore[assignment]
+_INSERT = insert(EVENTS)
 
 
 class StateChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,8 +34,9 @@ class StateChange(msgspec.Struct, frozen=True, kw_only=True):
 Listener = Callable[[StateChange], Awaitable[None]]
 
 
-async def write(session: AsyncSession, changes: Sequence[StateChange]) -> None:
-    """Add ``changes`` to the session's transaction (one INSERT for all of them)."""
+def write(session: Session, changes: Sequence[StateChange]) -> None:
+    """Add ``changes`` to the session's transaction (one INSERT for all of them). The writers are units of
+    work run by Database.run (submission, the poller), hence a synchronous session."""
     if not changes:
         return
     now = utcnow()
@@ -48,7 +51,7 @@ async def write(session: AsyncSession, changes: Sequence[StateChange]) -> None:
         }
         for c in changes
     ]
-    await session.execute(insert(EVENTS), rows)
+    session.execute(_INSERT, rows if len(rows) > 1 else rows[0])
 
 
 async def notify(listeners: Sequence[Listener], changes: Sequence[StateChange]) -> None:

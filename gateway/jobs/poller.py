@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 
 import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db.base import utcnow
 from gateway.db.session import Database
@@ -149,21 +150,14 @@ class Poller:
             result.slurm_calls += 1
             SLURM_CALLS.labels("sacct").inc()
 
-        async with self.database.session() as session:
-            active = list(await session.scalars(select(TrainingJob).where(ACTIVE)))
-            for job in active:
-                change = update_job(job, snapshot, records, result)
-                if change is not None:
-                    result.events.append(change)
-            orphans = await self._orphans(session, snapshot)
-            result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
-            await events.write(session, result.events)
-            await session.commit()
+        orphans, by_state = await self.database.run(partial(_settle, snapshot, records, result))
         for change in result.events:
             STATE_CHANGES.labels(change.new).inc()
         result.orphans_cancelled = await self._cancel(orphans)
         await events.notify(self.listeners, result.events)
-        self._export_gauges(active)
+        JOBS_BY_STATE.clear()
+        for state, count in by_state.items():
+            JOBS_BY_STATE.labels(state).set(count)
         CYCLE_SECONDS.observe(time.perf_counter() - started)
         return result
 
@@ -175,20 +169,6 @@ class Poller:
             await session.execute(update(TrainingJob).where(stale).values(state_unknown=True))
             await session.commit()
 
-    @staticmethod
-    async def _orphans(session: AsyncSession, snapshot: Snapshot) -> list[Job]:
-        """Live Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost).
-
-        Safe against a submission racing this cycle: a job's row is committed before its sbatch runs, so any
-        job in the snapshot has its row visible to this later transaction.
-        """
-        live = {c: j for c, j in snapshot.by_comment.items() if not j.state.is_terminal}
-        ids = [c.removeprefix(COMMENT_PREFIX) for c in live]
-        if not ids:
-            return []
-        known = set(await session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(ids))))
-        return [live[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
-
     async def _cancel(self, orphans: list[Job]) -> int:
         for orphan in orphans:
             slurm_id = Snapshot.slurm_id(orphan)
@@ -199,14 +179,38 @@ class Poller:
                 log.warning("orphan_cancel_failed", slurm_job_id=slurm_id, error=exc.message)
         return len(orphans)
 
-    @staticmethod
-    def _export_gauges(active: list[TrainingJob]) -> None:
-        counts: dict[str, int] = {}
-        for job in active:
-            counts[job.state] = counts.get(job.state, 0) + 1
-        JOBS_BY_STATE.clear()
-        for state, count in counts.items():
-            JOBS_BY_STATE.labels(state).set(count)
+
+def _settle(
+    snapshot: Snapshot, records: Accounting, result: PollResult, session: Session
+) -> tuple[list[Job], dict[str, int]]:
+    """Unit of work: every unfinished job brought up to date, with the events of its changes; the orphans to
+    cancel, and the unfinished jobs counted by state."""
+    active = list(session.scalars(select(TrainingJob).where(ACTIVE)))
+    for job in active:
+        change = update_job(job, snapshot, records, result)
+        if change is not None:
+            result.events.append(change)
+    result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
+    events.write(session, result.events)
+    by_state: dict[str, int] = {}
+    for job in active:
+        if job.state not in FINAL_STATES:
+            by_state[job.state] = by_state.get(job.state, 0) + 1
+    return _orphans(session, snapshot), by_state
+
+
+def _orphans(session: Session, snapshot: Snapshot) -> list[Job]:
+    """Live Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost).
+
+    Safe against a submission racing this cycle: a job's row is committed before its sbatch runs, so any
+    job in the snapshot has its row visible to this later transaction.
+    """
+    live = {c: j for c, j in snapshot.by_comment.items() if not j.state.is_terminal}
+    ids = [c.removeprefix(COMMENT_PREFIX) for c in live]
+    if not ids:
+        return []
+    known = set(session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(ids))))
+    return [live[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
 
 
 def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult) -> StateChange | None:

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import msgspec
-from sqlalchemy import Row
 
 from gateway.jobs.models import TrainingJob
 
@@ -52,6 +52,35 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     master_port: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 29500
 
 
+class ListedJob(msgspec.Struct):
+    """A job's row as a list reads it: the columns of ``LISTED`` in that order, then its owner's name.
+
+    Made positionally from each row (one C call), then read like a job: a SQLAlchemy Row's attributes cost
+    several times as much to read, which a page of 50 jobs does 800 times.
+    """
+
+    id: str
+    name: str
+    state: str
+    reason: str | None
+    state_unknown: bool
+    slurm_job_id: int | None
+    spec: dict[str, Any]
+    nodes: list[str]
+    allocated: dict[str, Any]
+    exit_code: int | None
+    array_tasks: dict[str, int] | None
+    submitted_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    created_at: datetime
+    owner_name: str
+
+
+LISTED = tuple(f for f in ListedJob.__struct_fields__ if f != "owner_name")
+"""The job columns a list selects, in ListedJob's order."""
+
+
 class JobOut(msgspec.Struct, kw_only=True):
     id: str
     name: str
@@ -72,26 +101,9 @@ class JobOut(msgspec.Struct, kw_only=True):
     ended_at: datetime | None
 
     @classmethod
-    def of(cls, job: TrainingJob | Row[*tuple[Any, ...]], user: str) -> JobOut:
+    def of(cls, job: TrainingJob | ListedJob | SimpleNamespace, user: str) -> JobOut:
+        """From a job's row (lists run this 50 times a page: one attribute read per field, no copies)."""
         spec = job.spec
-        requested = {
-            k: spec.get(k)
-            for k in (
-                "nodes",
-                "ntasks",
-                "ntasks_per_node",
-                "gpus_per_node",
-                "gpu_type",
-                "cpus_per_task",
-                "mem_mib",
-                "mem_per_cpu_mib",
-                "time_minutes",
-                "partition",
-                "qos",
-                "array",
-            )
-            if spec.get(k) is not None
-        }
         return cls(
             id=job.id,
             name=job.name,
@@ -100,16 +112,33 @@ class JobOut(msgspec.Struct, kw_only=True):
             state_unknown=job.state_unknown,
             reason=job.reason,
             slurm_job_id=job.slurm_job_id,
-            nodes=list(job.nodes),
+            nodes=job.nodes,
             exit_code=job.exit_code,
             array_tasks=job.array_tasks,
-            requested=requested,
-            allocated=dict(job.allocated),
+            requested={key: value for key in REQUESTED if (value := spec.get(key)) is not None},
+            allocated=job.allocated,
             created_at=job.created_at,
             submitted_at=job.submitted_at,
             started_at=job.started_at,
             ended_at=job.ended_at,
         )
+
+
+REQUESTED = (
+    "nodes",
+    "ntasks",
+    "ntasks_per_node",
+    "gpus_per_node",
+    "gpu_type",
+    "cpus_per_task",
+    "mem_mib",
+    "mem_per_cpu_mib",
+    "time_minutes",
+    "partition",
+    "qos",
+    "array",
+)
+"""What of a job's spec shows as its requested resources."""
 
 
 class JobEventOut(msgspec.Struct, kw_only=True):

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import pwd
 from collections.abc import Mapping, Sequence
+from functools import cache, partial
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from gateway.audit.service import record, record_now
+from gateway.audit.service import AUDIT_LOG, audit_row, record
 from gateway.config import Settings
-from gateway.db.base import utcnow
-from gateway.db.paging import count_rows, page_of
+from gateway.db.base import UTCDateTime, utcnow
+from gateway.db.paging import AnySelect, bounded, count_query
 from gateway.db.session import Database
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.jobs import events
 from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
-from gateway.jobs.schemas import JobCreate, JobOut
+from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
 from gateway.schemas import Pagination
 from gateway.users.models import User
 from gateway.workspaces.models import Quota, Role, WorkspaceStatus
@@ -48,8 +51,8 @@ from slurm.script import JobSpec, ScriptError, check_path, render
 COMMENT_PREFIX = "rgpu:"
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 JOBS: Table = TrainingJob.__table__  # type: ignore[assignment]
-JobView = TrainingJob | Row[*tuple[Any, ...]]
-"""A job as an ORM object or as a row of its columns (lists): both read the same to a response."""
+JobView = TrainingJob | ListedJob | SimpleNamespace
+"""A job as an ORM object, a listed row or the values just written (a submission): all read the same."""
 _UPDATE_JOB = update(JOBS).where(JOBS.c.id == bindparam("job_id_"))
 """SET clause from the parameters; built once (building statements per call costs more than running them)."""
 _REJECTION_FIELDS: Mapping[type[SubmitRejected], str] = {
@@ -98,7 +101,8 @@ def _home(posix_name: str) -> str:
 class JobService:
     """Job operations; one instance per process (it remembers which associations exist)."""
 
-    def __init__(self, slurm: SlurmClient, settings: Settings) -> None:
+    def __init__(self, database: Database, slurm: SlurmClient, settings: Settings) -> None:
+        self.database = database
         self.slurm = slurm
         self.settings = settings
         self._associations: set[tuple[str, str]] = set()
@@ -111,21 +115,17 @@ class JobService:
         self._associations.add((account, user))
 
     async def submit(
-        self, session: AsyncSession, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
-    ) -> tuple[TrainingJob, bool]:
-        """Submit as the caller. Returns the job and whether it was created now (False: an idempotent retry)."""
+        self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
+    ) -> tuple[JobView, bool]:
+        """Submit as the caller. Returns the job and whether it was created now (False: an idempotent retry).
+
+        Two short write transactions around sbatch, each one unit of work in a thread (Database.run): this is
+        the hot path of submission throughput.
+        """
         access.require(Role.MEMBER)
         ws, actor = access.workspace, access.actor
         if ws.status != WorkspaceStatus.ACTIVE:
             raise Forbidden(f"workspace {ws.slug!r} is {ws.status.value}: new jobs are refused")
-        if idempotency_key is not None:
-            existing = await session.scalar(
-                select(TrainingJob).where(
-                    TrainingJob.user_id == actor.user_id, TrainingJob.idempotency_key == idempotency_key
-                )
-            )
-            if existing is not None:
-                return existing, False
         if actor.user_id is None or actor.posix_name is None:
             raise Forbidden("jobs are submitted by users with a POSIX account")
         posix_name = actor.posix_name
@@ -143,55 +143,48 @@ class JobService:
             raise InvalidInput(str(exc), field="spec") from exc
         stdout = spec.stdout or ("slurm-%A_%a.out" if spec.array else "slurm-%j.out")  # sbatch's default
         now = utcnow()
-        # Plain INSERT/UPDATE statements, not the ORM's unit of work: this is the hot path of submission
-        # throughput, and ``job`` below is only the response's view of the row.
-        job = TrainingJob(
-            id=new_job_id(),
+        row = {
+            "id": new_job_id(),
+            "workspace_id": ws.id,
+            "user_id": actor.user_id,
+            "name": spec.name,
+            "state": SUBMITTING,
+            "reason": None,
+            "state_unknown": False,
+            "slurm_job_id": None,
+            "idempotency_key": idempotency_key,
+            "spec": msgspec.to_builtins(spec),
+            "script": script,
+            "work_dir": work_dir,
+            "stdout_path": stdout if stdout.startswith("/") else f"{work_dir}/{stdout}",
+            "nodes": [],
+            "allocated": {},
+            "exit_code": None,
+            "array_tasks": None,
+            "created_at": now,
+            "updated_at": now,
+            "submitted_at": None,
+            "started_at": None,
+            "ended_at": None,
+        }
+        audit = audit_row(
+            actor,
+            "job.submit",
+            target_type="job",
+            target=row["id"],
             workspace_id=ws.id,
-            user_id=actor.user_id,
-            name=spec.name,
-            state=SUBMITTING,
-            reason=None,
-            state_unknown=False,
-            slurm_job_id=None,
-            idempotency_key=idempotency_key,
-            spec=msgspec.to_builtins(spec),
-            script=script,
-            work_dir=work_dir,
-            stdout_path=stdout if stdout.startswith("/") else f"{work_dir}/{stdout}",
-            nodes=[],
-            allocated={},
-            exit_code=None,
-            array_tasks=None,
-            created_at=now,
-            updated_at=now,
-            submitted_at=None,
-            started_at=None,
-            ended_at=None,
+            details={"name": spec.name, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node},
         )
         try:
-            await session.execute(insert(JOBS), {c.key: getattr(job, c.key) for c in JOBS.columns})
-            await record_now(
-                session,
-                actor,
-                "job.submit",
-                target_type="job",
-                target=job.id,
-                workspace_id=ws.id,
-                details={"name": spec.name, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node},
-            )
-            await events.write(session, [StateChange(job_id=job.id, workspace_id=ws.id, old=None, new=SUBMITTING)])
-            await session.commit()  # recorded before sbatch: a crash from here on is settled by the poller
-        except IntegrityError:
-            await session.rollback()  # a concurrent retry with the same key won
-            existing = await session.scalar(
-                select(TrainingJob).where(
-                    TrainingJob.user_id == actor.user_id, TrainingJob.idempotency_key == idempotency_key
-                )
-            )
+            # recorded before sbatch: a crash from here on is settled by the poller
+            existing = await self.database.run(partial(_record_submission, row, audit))
+        except IntegrityError:  # a concurrent retry with the same key won (PostgreSQL; SQLite writes one by one)
+            existing = await self.database.run(partial(_by_key, actor.user_id, idempotency_key), write=False)
             if existing is None:
                 raise
+        if existing is not None:
             return existing, False
+        job = SimpleNamespace(**row)  # the response's view; an ORM object costs a tenth of the request
 
         options: dict[str, str | None] = {"comment": slurm_comment(job.id)}
         if hold:
@@ -202,7 +195,7 @@ class JobService:
                 Submission(user=posix_name, account=ws.slurm_account, script=script, work_dir=work_dir, options=options)
             )
         except SubmitRejected as exc:
-            await _set(session, job, state=SUBMIT_FAILED, reason=exc.message)  # before raising: commits
+            await self._set(job, state=SUBMIT_FAILED, reason=exc.message)
             field = next((f for cls, f in _REJECTION_FIELDS.items() if isinstance(exc, cls)), "spec")
             if isinstance(exc, InvalidAccount):
                 raise Conflict(f"Slurm refused the workspace's account: {exc.message}", field="workspace") from exc
@@ -210,8 +203,24 @@ class JobService:
         except SlurmUnavailable as exc:
             # sbatch may or may not have reached the controller: the job stays SUBMITTING for the poller.
             raise SlurmDown(f"Slurm did not answer; job {job.id} will be settled when it does") from exc
-        await _set(session, job, slurm_job_id=slurm_id, state="PENDING", submitted_at=utcnow())
+        await self._set(job, slurm_job_id=slurm_id, state="PENDING", submitted_at=utcnow())
         return job, True
+
+    async def _set(self, job: SimpleNamespace, **values: Any) -> None:
+        """Update the job's row (and ``job``, the response's view of it), with an event if its state changes."""
+        values["updated_at"] = utcnow()
+        change = None
+        if "state" in values and values["state"] != job.state:
+            change = StateChange(
+                job_id=job.id,
+                workspace_id=job.workspace_id,
+                old=job.state,
+                new=values["state"],
+                reason=values.get("reason"),
+            )
+        await self.database.run(partial(_update_job, job.id, values, change))
+        for key, value in values.items():
+            setattr(job, key, value)
 
     async def get(self, session: AsyncSession, access: WorkspaceAccess, job_id: str) -> TrainingJob:
         """A job of this workspace the caller may see: members see their own, admins and owners all."""
@@ -225,7 +234,6 @@ class JobService:
 
     async def list(
         self,
-        session: AsyncSession,
         access: WorkspaceAccess,
         page: Pagination,
         *,
@@ -238,18 +246,18 @@ class JobService:
         Rows of plain columns, not ORM objects (a list of 50 costs a third as much), and never the scripts.
         """
         access.require(Role.MEMBER)
-        where = [JOBS.c.workspace_id == access.workspace.id]
-        if not _sees_all(access):
-            where.append(JOBS.c.user_id == access.actor.user_id)
-        if state:
-            where.append(JOBS.c.state == state.upper())
-        if user:
-            where.append(JOBS.c.user_id == select(User.id).where(User.name == user).scalar_subquery())
-        if since is not None:
-            where.append(JOBS.c.created_at >= since)
-        total = await count_rows(session, select(JOBS.c.id).where(*where))
-        rows = await (await session.connection()).execute(page_of(_LIST.where(*where), page))  # rows, not ORM
-        return [(row, str(row.owner_name)) for row in rows], total
+        own_only = not _sees_all(access)
+        statements = _list_statements(own_only, bool(state), bool(user), since is not None)
+        values = {
+            "ws": access.workspace.id,
+            "me": access.actor.user_id,
+            "state": (state or "").upper(),
+            "user": user,
+            "since": since,
+            "limit": page.limit,
+            "offset": page.offset,
+        }
+        return await self.database.run(partial(_list_page, statements, values, page), write=False)
 
     async def history(self, session: AsyncSession, access: WorkspaceAccess, job_id: str) -> Sequence[JobEvent]:
         """The job's state changes, oldest first (same visibility as the job)."""
@@ -321,29 +329,75 @@ class JobService:
         return job
 
 
-async def _set(session: AsyncSession, job: TrainingJob, **values: Any) -> None:
-    """Update the job's row (and its response view) and commit, with an event if its state changes."""
-    values["updated_at"] = utcnow()
-    await session.execute(_UPDATE_JOB, {"job_id_": job.id, **values})
-    if "state" in values and values["state"] != job.state:
-        change = StateChange(
-            job_id=job.id,
-            workspace_id=job.workspace_id,
-            old=job.state,
-            new=values["state"],
-            reason=values.get("reason"),
-        )
-        await events.write(session, [change])
-    await session.commit()
-    for key, value in values.items():
-        setattr(job, key, value)
+def _record_submission(row: dict[str, Any], audit: dict[str, Any], session: Session) -> TrainingJob | None:
+    """Unit of work: the new job and its audit entry; or the job already made with its key. (Its events
+    start with its first change of state: the row itself says when it was made, as SUBMITTING.)"""
+    if row["idempotency_key"] is not None:
+        existing = _by_key(row["user_id"], row["idempotency_key"], session)
+        if existing is not None:
+            return existing
+    session.execute(_INSERT_JOB, row)
+    session.execute(_INSERT_AUDIT, audit)
+    return None
+
+
+def _by_key(user_id: int | None, key: str | None, session: Session) -> TrainingJob | None:
+    """Unit of work: the caller's job submitted with idempotency ``key``."""
+    return session.scalar(select(TrainingJob).where(TrainingJob.user_id == user_id, TrainingJob.idempotency_key == key))
+
+
+def _update_job(job_id: str, values: dict[str, Any], change: StateChange | None, session: Session) -> None:
+    """Unit of work: new values for a job's row, and the event of its change of state."""
+    session.execute(_UPDATE_JOB, {"job_id_": job_id, **values})
+    if change is not None:
+        events.write(session, [change])
+
+
+@cache
+def _list_statements(own_only: bool, state: bool, user: bool, since: bool) -> tuple[AnySelect, AnySelect]:
+    """The page and count statements for one combination of filters, with their values as parameters: built
+    once, so that SQLAlchemy finds them in its compiled cache without working out their cache key again.
+
+    The page carries the (bounded) count in every row, a subquery the database runs once: one round trip.
+    """
+    where = [JOBS.c.workspace_id == bindparam("ws")]
+    if own_only:
+        where.append(JOBS.c.user_id == bindparam("me"))
+    if state:
+        where.append(JOBS.c.state == bindparam("state"))
+    if user:
+        where.append(JOBS.c.user_id == select(User.id).where(User.name == bindparam("user")).scalar_subquery())
+    if since:
+        where.append(JOBS.c.created_at >= bindparam("since", type_=UTCDateTime()))
+    count = count_query(select(JOBS.c.id).where(*where))
+    page = (
+        _LIST.add_columns(count.scalar_subquery().label("total"))
+        .where(*where)
+        .limit(bindparam("limit", type_=Integer()))
+        .offset(bindparam("offset", type_=Integer()))
+    )
+    return page, count
+
+
+def _list_page(
+    statements: tuple[AnySelect, AnySelect], values: dict[str, Any], page: Pagination, session: Session
+) -> tuple[list[tuple[JobView, str]], int | None]:
+    """Unit of work: one page of jobs (rows of columns, not ORM objects), and how many match in all."""
+    page_query, count = statements
+    core = session.connection()  # Core rows: the ORM's result loading would cost more than the query
+    found = core.execute(page_query, values).all()
+    rows: list[tuple[JobView, str]] = [(job, job.owner_name) for job in (ListedJob(*row[:-1]) for row in found)]
+    if found:
+        return rows, bounded(found[0].total)
+    return rows, 0 if page.offset == 0 else bounded(core.scalar(count, values))  # past the end: count alone
+
+
+_INSERT_JOB = insert(JOBS)
+_INSERT_AUDIT = insert(AUDIT_LOG)
 
 
 _LIST = (
-    select(
-        *(c for c in JOBS.columns if c.key in JobOut.__struct_fields__ or c.key == "spec"),
-        User.name.label("owner_name"),
-    )
+    select(*(JOBS.c[name] for name in LISTED), User.name.label("owner_name"))
     .join(User, User.id == JOBS.c.user_id)
     .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
 )

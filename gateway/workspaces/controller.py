@@ -7,7 +7,15 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from gateway.dependencies import BEARER, READ_METHODS, AppSettings, CurrentActor, DbSession, lazy_session
+from gateway.dependencies import (
+    BEARER,
+    READ_METHODS,
+    AppSettings,
+    CurrentActor,
+    DbSession,
+    lazy_session,
+    lookup_session,
+)
 from gateway.dependencies import Page as PageParams
 from gateway.schemas import Page, SlugParam, UserNameParam
 from gateway.workspaces import service
@@ -29,7 +37,8 @@ async def provide_access(
     request: Request[object, object, State], actor: CurrentActor, ws: SlugParam
 ) -> WorkspaceAccess:
     cached = request.method in READ_METHODS or request.route_handler.opt.get(CACHED_ACCESS, False)
-    return await service.get_access(lazy_session(request), actor, ws, cached=cached)
+    session = lookup_session(request) if cached else lazy_session(request)  # cached: a detached snapshot anyway
+    return await service.get_access(session, actor, ws, cached=cached)
 
 
 CACHED_ACCESS = "cached_access"

@@ -59,6 +59,12 @@ async def test_readyz_is_503_when_the_database_is_unreachable() -> None:
             assert r.status_code == 503
             assert r.json()["status"] == "unavailable"
             assert (await c.get("/healthz")).status_code == 200
+            # every other request that needs the database: a 503 to retry, not a 500
+            headers = {"Authorization": "Bearer rgpu_" + "x" * 43}
+            for path in ("/api/v1/me", "/api/v1/workspaces/lab/jobs"):
+                down = await c.get(path, headers=headers)
+                assert down.status_code == 503 and down.headers["retry-after"] == "5", down.text
+                assert down.json()["type"] == "urn:remotegpu:problem:database-unavailable"
     finally:
         await database.dispose()
 
