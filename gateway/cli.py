@@ -317,31 +317,19 @@ def submit(args: tuple[str, ...]) -> None:
     -A/--account (picks the workspace with that Slurm account), plus --workspace, --dataset, --model, --image.
     """
     from gateway.client.sbatch import job_request
-    from slurm.directives import OPTIONS, DirectiveError
+    from slurm.directives import DirectiveError, split_command_line
 
-    argv = list(args)
-    # the script is the first argument that is not an option or an option's value
-    index, i = None, 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("-"):
-            index = i
-            break
-        name = token[2:].split("=", 1)[0] if token.startswith("--") else token[1:2]
-        long = name if token.startswith("--") else next((k for k, (s, _) in OPTIONS.items() if s == name), name)
-        takes_value = OPTIONS.get(long, (None, False))[1]
-        inline = "=" in token or (not token.startswith("--") and len(token) > 2)
-        i += 2 if takes_value and not inline else 1
-    if index is None:
+    options, script_name, script_args = split_command_line(list(args))
+    if script_name is None:
         raise click.UsageError("give the batch script to submit")
-    script_path = Path(argv[index])
+    script_path = Path(script_name)
     try:
         script = script_path.read_text()
     except OSError as exc:
         raise click.ClickException(f"cannot read {script_path}: {exc.strerror}") from exc
     try:
         request = job_request(
-            str(script_path), script, argv[:index] + argv[index + 1 :], cwd=str(Path.cwd()), environ=os.environ
+            str(script_path), script, [*options, "--", *script_args], cwd=str(Path.cwd()), environ=os.environ
         )
     except DirectiveError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -259,10 +259,21 @@ def script_directives(script: str, known: Mapping[str, tuple[str | None, bool]] 
     return reader.options, reader.unsupported
 
 
+def split_command_line(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """sbatch's command line as sbatch reads it: its options, the script (None if there is none), and the
+    script's own arguments, which may look like options (``train.sbatch --epochs 3``)."""
+    rest = _Reader(argv).read()
+    options = list(argv[: len(argv) - len(rest)])
+    if options and options[-1] == "--":
+        options.pop()
+    return options, (rest[0] if rest else None), rest[1:]
+
+
 def parse(script: str, argv: Sequence[str]) -> tuple[Options, list[str]]:
     """Options (command line over directives) and the script's own arguments; raises on unsupported ones.
 
-    ``argv`` is sbatch's command line without the script's path: options, then the script's arguments.
+    ``argv`` is sbatch's command line without the script's path: options, then the script's arguments (after
+    a ``--`` where they could be read as options; see :func:`split_command_line`).
     """
     from_script, bad_script = script_directives(script)
     reader = _Reader(argv)

@@ -28,10 +28,11 @@ from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotF
 from gateway.jobs import events
 from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
+from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
 from gateway.schemas import Pagination
 from gateway.users.models import User
-from gateway.workspaces.models import Quota, Role, WorkspaceStatus
+from gateway.workspaces.models import Role, WorkspaceStatus
 from gateway.workspaces.service import WorkspaceAccess
 from slurm.arrays import task_ids
 from slurm.client import SlurmClient, Submission
@@ -77,20 +78,6 @@ def slurm_comment(job_id: str) -> str:
     return f"{COMMENT_PREFIX}{job_id}"
 
 
-def _check_quota(quota: Quota | None, data: JobCreate) -> None:
-    """Refuse up front what the quota could never allow; what fits but must wait pends in Slurm (GrpTRES)."""
-    if quota is None:
-        return
-    gpus = (data.nodes or 1) * data.gpus_per_node
-    if quota.gpus is not None and gpus > quota.gpus:
-        raise InvalidInput(f"{gpus} GPUs requested; the workspace quota allows {quota.gpus}", field="gpus_per_node")
-    typed_limit = quota.gpus_by_type.get(data.gpu_type or "")
-    if typed_limit is not None and gpus > typed_limit:
-        raise InvalidInput(
-            f"{gpus} {data.gpu_type} GPUs requested; the workspace quota allows {typed_limit}", field="gpus_per_node"
-        )
-
-
 def _home(posix_name: str) -> str:
     try:
         return pwd.getpwnam(posix_name).pw_dir
@@ -129,7 +116,7 @@ class JobService:
         if actor.user_id is None or actor.posix_name is None:
             raise Forbidden("jobs are submitted by users with a POSIX account")
         posix_name = actor.posix_name
-        _check_quota(ws.quota, data)
+        check_quota(ws.quota, data)
         fields = msgspec.structs.asdict(data)
         work_dir = fields.pop("work_dir") or _home(posix_name)
         hold = fields.pop("hold")

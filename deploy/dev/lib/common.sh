@@ -56,7 +56,12 @@ ensure_venv() {
     fi
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+pid_running() {
+    # pid_running PID: the process runs (a zombie does not count: PID 1 here may not reap it at once)
+    local state
+    state="$(ps -o stat= -p "$1" 2>/dev/null)" && [[ $state != Z* ]]
+}
+pid_alive() { [ -s "$1" ] && pid_running "$(cat "$1" 2>/dev/null)"; }  # pid_alive PIDFILE
 
 stop_pid() {
     # stop_pid PIDFILE NAME: TERM, wait up to 10 s, then KILL; always by PID.
@@ -65,8 +70,8 @@ stop_pid() {
     pid="$(cat "$pidfile")"
     say "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do pid_running "$pid" || break; sleep 0.2; done
+    pid_running "$pid" && kill -9 "$pid" 2>/dev/null || true
     rm -f "$pidfile"
 }
 

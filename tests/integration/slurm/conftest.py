@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -12,13 +13,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.db.session import Database
+from gateway.jobs.poller import Poller
 from slurm.cli import CliSlurmClient
+from slurm.client import SlurmClient
 from slurm.rest import RestSlurmClient
+from tests.conftest import UserFactory, asgi_client
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -192,3 +200,57 @@ def gateway(slurm_cluster: Cluster, make_database_url: Callable[[str], str], tmp
     finally:
         server.terminate()
         server.wait(10)
+
+
+# --- the jobs API in-process, for the tests that drive it --------------------------------------------------
+
+WS = "/api/v1/workspaces"
+
+
+@pytest.fixture
+def slurm_client(request: pytest.FixtureRequest) -> SlurmClient:
+    """The CLI backend, or the one a test asks for with ``parametrize("slurm_client", [...], indirect=True)``."""
+    backend: SlurmClient = request.getfixturevalue(f"{getattr(request, 'param', 'cli')}_client")
+    return backend
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("slurm_client", ["cli", "rest"], indirect=True)
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, clean_database: Database, slurm_client: SlurmClient
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(create_app(settings, database=clean_database, slurm=slurm_client)) as client:
+        yield client
+
+
+async def make_team(
+    api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
+) -> dict[str, dict[str, str]]:
+    """A workspace (Slurm account ``slurm_account``) with an owner and two members, each a real POSIX user."""
+    root = await make_user("root", admin=True)
+    people = {role: posix_user() for role in ("owner", "alice", "bob")}
+    headers = {role: await make_user(name) for role, name in people.items()}
+    r = await api.post(
+        WS, json={"slug": "lab", "name": "Lab", "slurm_account": slurm_account, "owner": people["owner"]}, headers=root
+    )
+    assert r.status_code == 201, r.text
+    for role in ("alice", "bob"):
+        r = await api.post(f"{WS}/lab/members", json={"username": people[role]}, headers=headers["owner"])
+        assert r.status_code == 201, r.text
+    return {**headers, "names": people}
+
+
+async def poll_until(
+    poller: Poller, api: httpx.AsyncClient, job_id: str, headers: dict[str, str], states: set[str], within: float = 60
+) -> dict[str, Any]:
+    """Poll (one cycle at a time) until the job reaches one of ``states``; its last view."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        await poller.poll_once()
+        job: dict[str, Any] = (await api.get(f"{WS}/lab/jobs/{job_id}", headers=headers)).json()
+        if job["state"] in states:
+            return job
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.5)

@@ -46,7 +46,7 @@ def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slu
     bad = cli("submit", "--mail-type=ALL", "--exclusive", "job.sh", cwd=home)
     assert bad.returncode == 1 and "--exclusive" in bad.stderr and "--mail-type" in bad.stderr
 
-    submitted = cli("submit", "-t", "3", "job.sh", "world", cwd=home)
+    submitted = cli("submit", "-t", "3", "job.sh", "--world", cwd=home)  # the script's argument, not sbatch's
     assert submitted.returncode == 0, submitted.stderr
     job_id = re.search(r"Submitted job ([0-9a-f]{32})", submitted.stdout)
     assert job_id, submitted.stdout
@@ -59,7 +59,7 @@ def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slu
         time.sleep(0.5)
     assert job_id[1] in listed and "COMPLETED" in listed and "cli-e2e" in listed
     logs = cli("logs", job_id[1])
-    assert logs.stdout.strip() == f"hello world from {user} gpu=0", logs.stderr
+    assert logs.stdout.strip() == f"hello --world from {user} gpu=0", logs.stderr
 
     wrong = cli("submit", "-A", "not-mine", "job.sh", cwd=home)
     assert wrong.returncode == 1 and "not-mine" in wrong.stderr, wrong.stderr

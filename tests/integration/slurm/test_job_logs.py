@@ -10,21 +10,16 @@ import asyncio
 import os
 import pwd
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from gateway.app import create_app
-from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.jobs.poller import Poller
 from slurm.cli import CliSlurmClient
-from tests.conftest import UserFactory, asgi_client
-from tests.integration.slurm.conftest import Gateway, PosixUserFactory, home_of
-from tests.integration.slurm.test_jobs_api import WS, _poll_until, _team
+from tests.conftest import UserFactory
+from tests.integration.slurm.conftest import WS, Gateway, PosixUserFactory, home_of, make_team, poll_until
 
 
 def _workspace(gateway: Gateway, user: str, account: str) -> dict[str, str]:
@@ -80,19 +75,11 @@ def _cli_env(gateway: Gateway, headers: dict[str, str]) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def api(
-    settings: Settings, clean_database: Database, cli_client: CliSlurmClient
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as client:
-        yield client
-
-
 async def test_only_the_users_own_regular_file_is_read(
     api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
 ) -> None:
     """The gateway reads as root: a user's --output pointing at another's file must not leak it."""
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     alice = team["names"]["alice"]
     home = Path(home_of(alice))
     body = {"name": "held", "command": ["true"], "hold": True, "stdout": "out.log"}
@@ -135,7 +122,7 @@ async def test_an_array_is_one_job_with_its_tasks_counted(
     clean_database: Database,
     cli_client: CliSlurmClient,
 ) -> None:
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     body: dict[str, Any] = {
         "name": "sweep",
         "command": ["bash", "-c", 'echo "task $SLURM_ARRAY_TASK_ID"; exit $((SLURM_ARRAY_TASK_ID == 1 ? 3 : 0))'],
@@ -146,7 +133,7 @@ async def test_an_array_is_one_job_with_its_tasks_counted(
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["requested"]["array"] == "0-2"
-    done = await _poll_until(
+    done = await poll_until(
         Poller(clean_database, cli_client), api, job["id"], team["alice"], {"COMPLETED", "FAILED", "CANCELLED"}
     )
     assert done["state"] == "FAILED" and done["exit_code"] == 3, done  # one task failed: the array did

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,57 +16,7 @@ from gateway.jobs.poller import Poller
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient, Submission
 from tests.conftest import UserFactory, asgi_client
-from tests.integration.slurm.conftest import PosixUserFactory
-
-WS = "/api/v1/workspaces"
-
-
-@pytest.fixture
-def slurm_client(request: pytest.FixtureRequest) -> SlurmClient:
-    """The CLI backend, or the one a test asks for with ``parametrize("slurm_client", [...], indirect=True)``."""
-    backend: SlurmClient = request.getfixturevalue(f"{getattr(request, 'param', 'cli')}_client")
-    return backend
-
-
-BOTH_BACKENDS = pytest.mark.parametrize("slurm_client", ["cli", "rest"], indirect=True)
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, clean_database: Database, slurm_client: SlurmClient
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(create_app(settings, database=clean_database, slurm=slurm_client)) as client:
-        yield client
-
-
-async def _team(
-    api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
-) -> dict[str, dict[str, str]]:
-    """A workspace (Slurm account ``slurm_account``) with an owner and two members, each a real POSIX user."""
-    root = await make_user("root", admin=True)
-    people = {role: posix_user() for role in ("owner", "alice", "bob")}
-    headers = {role: await make_user(name) for role, name in people.items()}
-    r = await api.post(
-        WS, json={"slug": "lab", "name": "Lab", "slurm_account": slurm_account, "owner": people["owner"]}, headers=root
-    )
-    assert r.status_code == 201, r.text
-    for role in ("alice", "bob"):
-        r = await api.post(f"{WS}/lab/members", json={"username": people[role]}, headers=headers["owner"])
-        assert r.status_code == 201, r.text
-    return {**headers, "names": people}
-
-
-async def _poll_until(
-    poller: Poller, api: httpx.AsyncClient, job_id: str, headers: dict[str, str], states: set[str], within: float = 60
-) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        await poller.poll_once()
-        job: dict[str, Any] = (await api.get(f"{WS}/lab/jobs/{job_id}", headers=headers)).json()
-        if job["state"] in states:
-            return job
-        assert asyncio.get_running_loop().time() < deadline, job
-        await asyncio.sleep(0.5)
+from tests.integration.slurm.conftest import BOTH_BACKENDS, WS, PosixUserFactory, make_team, poll_until
 
 
 @BOTH_BACKENDS
@@ -79,7 +28,7 @@ async def test_submit_follow_and_read_logs(
     clean_database: Database,
     slurm_client: SlurmClient,
 ) -> None:
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     body = {
         "name": "hello",
         "command": ["bash", "-c", 'echo "hi from $(id -un) on $SLURMD_NODENAME gpu=$CUDA_VISIBLE_DEVICES"'],
@@ -97,7 +46,7 @@ async def test_submit_follow_and_read_logs(
     assert again.status_code == 200 and again.json()["id"] == job["id"]
 
     poller = Poller(clean_database, slurm_client)
-    done = await _poll_until(poller, api, job["id"], team["alice"], {"COMPLETED", "FAILED"})
+    done = await poll_until(poller, api, job["id"], team["alice"], {"COMPLETED", "FAILED"})
     assert done["state"] == "COMPLETED" and done["exit_code"] == 0 and done["allocated"]["gres/gpu"] == 1
     assert done["started_at"] and done["ended_at"] and done["nodes"] and done["array_tasks"] is None
     history = (await api.get(f"{WS}/lab/jobs/{job['id']}/events", headers=team["alice"])).json()
@@ -125,19 +74,19 @@ async def test_control_and_permissions(
     clean_database: Database,
     slurm_client: SlurmClient,
 ) -> None:
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     r = await api.post(
         f"{WS}/lab/jobs", json={"name": "sleepy", "command": ["sleep", "300"], "hold": True}, headers=team["alice"]
     )
     job_id = r.json()["id"]
     poller = Poller(clean_database, slurm_client)
-    held = await _poll_until(poller, api, job_id, team["alice"], {"PENDING"})
+    held = await poll_until(poller, api, job_id, team["alice"], {"PENDING"})
     assert held["reason"] in ("JobHeldUser", "JobHeldAdmin")
     assert (await api.post(f"{WS}/lab/jobs/{job_id}/cancel", headers=team["bob"])).status_code == 404
     assert (await api.post(f"{WS}/lab/jobs/{job_id}/release", headers=team["alice"])).status_code == 202
-    await _poll_until(poller, api, job_id, team["alice"], {"RUNNING"})
+    await poll_until(poller, api, job_id, team["alice"], {"RUNNING"})
     assert (await api.post(f"{WS}/lab/jobs/{job_id}/cancel", headers=team["owner"])).status_code == 202
-    await _poll_until(poller, api, job_id, team["alice"], {"CANCELLED"})
+    await poll_until(poller, api, job_id, team["alice"], {"CANCELLED"})
     assert (await api.post(f"{WS}/lab/jobs/{job_id}/explode", headers=team["alice"])).status_code == 400
 
 
@@ -165,7 +114,7 @@ async def test_bad_jobs_are_refused_naming_the_field(
     changes: dict[str, Any],
     field: str,
 ) -> None:
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     body = {"name": "bad", "command": ["true"], **changes}
     r = await api.post(f"{WS}/lab/jobs", json=body, headers=team["alice"])
     assert r.status_code == 400, r.text
@@ -175,7 +124,7 @@ async def test_bad_jobs_are_refused_naming_the_field(
 async def test_over_quota_is_refused_up_front(
     api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
 ) -> None:
-    team = await _team(api, make_user, posix_user, slurm_account)
+    team = await make_team(api, make_user, posix_user, slurm_account)
     await api.put(f"{WS}/lab/quota", json={"gpus": 2}, headers=team["owner"])
     r = await api.post(
         f"{WS}/lab/jobs",
@@ -211,7 +160,7 @@ async def test_crash_between_sbatch_and_commit_leaves_exactly_one_job(
     dying = DiesAfterSbatch(cli_client)
     slurm: SlurmClient = dying
     async with asgi_client(create_app(settings, database=clean_database, slurm=slurm)) as api:
-        team = await _team(api, make_user, posix_user, slurm_account)
+        team = await make_team(api, make_user, posix_user, slurm_account)
         with pytest.raises(asyncio.CancelledError):
             await api.post(
                 f"{WS}/lab/jobs",

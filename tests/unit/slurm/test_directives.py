@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from slurm.directives import OPTIONS, DirectiveError, Options, memory, minutes, parse, script_directives
+from slurm.directives import (
+    OPTIONS,
+    DirectiveError,
+    Options,
+    memory,
+    minutes,
+    parse,
+    script_directives,
+    split_command_line,
+)
 
 SCRIPT = """#!/bin/bash
 # a comment
@@ -156,3 +165,22 @@ def test_memory() -> None:
     for bad, error in (("0", "all of a node"), ("lots", "memory size")):
         with pytest.raises(DirectiveError, match=error):
             memory(bad, "mem-per-cpu")
+
+
+@pytest.mark.parametrize(
+    ("argv", "split"),
+    [
+        (["-N", "2", "job.sh", "--epochs", "3"], (["-N", "2"], "job.sh", ["--epochs", "3"])),
+        (["--time", "10", "-pgpu", "job.sh"], (["--time", "10", "-pgpu"], "job.sh", [])),
+        (["--mail-type", "ALL", "job.sh", "x"], (["--mail-type", "ALL"], "job.sh", ["x"])),  # unsupported, valued
+        (["-H", "--", "-odd-name.sh", "-v"], (["-H"], "-odd-name.sh", ["-v"])),
+        (["-N", "2"], (["-N", "2"], None, [])),
+    ],
+)
+def test_split_command_line_finds_the_script_as_sbatch_does(
+    argv: list[str], split: tuple[list[str], str | None, list[str]]
+) -> None:
+    assert split_command_line(argv) == split
+    options, _, args = split
+    if split[1] is not None and "--mail-type" not in options:
+        assert parse("#!/bin/bash\n", [*options, "--", *args])[1] == args  # what the CLI hands on
