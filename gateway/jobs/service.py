@@ -101,6 +101,22 @@ class JobService:
         await self.slurm.ensure_association(user, account)
         self._associations.add((account, user))
 
+    async def _sbatch(self, submission: Submission) -> int:
+        """Submit, making the user's association first if this process has not seen it yet. One refused for
+        the account is tried once more after making it again: the association remembered here may have been
+        removed since (the member left and came back, an admin cleaned up), and a refused sbatch made nothing."""
+        key = (submission.account, submission.user)
+        known = key in self._associations
+        await self._ensure_association(*key)
+        try:
+            return await self.slurm.submit(submission)
+        except InvalidAccount:
+            self._associations.discard(key)
+            if not known:
+                raise
+        await self._ensure_association(*key)
+        return await self.slurm.submit(submission)
+
     async def submit(
         self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
     ) -> tuple[JobView, bool]:
@@ -176,11 +192,11 @@ class JobService:
         options: dict[str, str | None] = {"comment": slurm_comment(job.id)}
         if hold:
             options["hold"] = None
+        submission = Submission(
+            user=posix_name, account=ws.slurm_account, script=script, work_dir=work_dir, options=options
+        )
         try:
-            await self._ensure_association(ws.slurm_account, posix_name)
-            slurm_id = await self.slurm.submit(
-                Submission(user=posix_name, account=ws.slurm_account, script=script, work_dir=work_dir, options=options)
-            )
+            slurm_id = await self._sbatch(submission)
         except SubmitRejected as exc:
             await self._set(job, state=SUBMIT_FAILED, reason=exc.message)
             field = next((f for cls, f in _REJECTION_FIELDS.items() if isinstance(exc, cls)), "spec")

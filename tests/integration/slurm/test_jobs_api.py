@@ -134,6 +134,26 @@ async def test_over_quota_is_refused_up_front(
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "gpus_per_node"
 
 
+async def test_a_removed_association_is_made_again(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    cli_client: CliSlurmClient,
+) -> None:
+    """The gateway remembers which associations it made; one removed behind its back must not lock the user out."""
+    team = await make_team(api, make_user, posix_user, slurm_account)
+    body = {"name": "held", "command": ["true"], "hold": True}
+    first = await api.post(f"{WS}/lab/jobs", json=body, headers=team["alice"])
+    assert first.status_code == 201, first.text
+    await api.post(f"{WS}/lab/jobs/{first.json()['id']}/cancel", headers=team["alice"])
+    await cli_client.remove_association(team["names"]["alice"], slurm_account)
+    again = await api.post(f"{WS}/lab/jobs", json=body, headers=team["alice"])
+    assert again.status_code == 201 and again.json()["slurm_job_id"], again.text
+    assert team["names"]["alice"] in {a.user for a in await cli_client.associations(slurm_account)}
+    await api.post(f"{WS}/lab/jobs/{again.json()['id']}/cancel", headers=team["alice"])
+
+
 class DiesAfterSbatch:
     """A SlurmClient whose process 'dies' right after sbatch succeeded, before the gateway records the id."""
 
