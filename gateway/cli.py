@@ -127,20 +127,29 @@ def worker(ctx: click.Context, once: bool) -> None:
     async def loop(poller: Poller, accounts: AccountSync) -> None:
         while True:
             try:
-                await accounts.reconcile()
-            except SlurmError as exc:
-                log.warning("account_sync_failed", error=exc.message)
-            result = await poller.poll_once()
-            log.info(
-                "poll",
-                changed=result.changed,
-                adopted=result.adopted,
-                reachable=result.reachable,
-                orphans_cancelled=result.orphans_cancelled,
-            )
+                await cycle(poller, accounts)
+            except Exception:
+                if once:
+                    raise
+                # e.g. the database away for a moment: the next cycle starts from the database again
+                log.exception("worker_cycle_failed")
             if once:
                 return
             await asyncio.sleep(settings.poll_interval_seconds)
+
+    async def cycle(poller: Poller, accounts: AccountSync) -> None:
+        try:
+            await accounts.reconcile()
+        except SlurmError as exc:
+            log.warning("account_sync_failed", error=exc.message)
+        result = await poller.poll_once()
+        log.info(
+            "poll",
+            changed=result.changed,
+            adopted=result.adopted,
+            reachable=result.reachable,
+            orphans_cancelled=result.orphans_cancelled,
+        )
 
     _run_db(settings, run)
 

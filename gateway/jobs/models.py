@@ -64,3 +64,14 @@ class JobEvent(Base):
     new_state: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GatewayInstance(Base):
+    """One row: this database's gateway instance, the ``<instance>`` of the comments on its Slurm jobs."""
+
+    __tablename__ = "gateway_instance"
+
+    singleton: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    """Always 1: a second row cannot be added."""
+    id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -24,7 +24,8 @@ from gateway.db.session import Database
 from gateway.jobs import events
 from gateway.jobs.events import Listener, StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
-from gateway.jobs.service import COMMENT_PREFIX, FINAL_STATES
+from gateway.jobs.origin import instance_id, parse_comment
+from gateway.jobs.service import FINAL_STATES
 from slurm.arrays import combine_jobs, combine_records, listed_task_ids, record_counts, task_counts, task_ids
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError
@@ -53,19 +54,27 @@ class PollResult(msgspec.Struct):
 
 
 class Snapshot:
-    """squeue's answer, indexed: jobs by id, arrays' entries by array id, gateway ids by comment."""
+    """squeue's answer, indexed: jobs by id, arrays' entries by array id, and the jobs of this gateway
+    (``instance``) by their gateway ids (gateway.jobs.origin)."""
 
-    def __init__(self, jobs: Sequence[Job]) -> None:
+    def __init__(self, jobs: Sequence[Job], instance: str | None = None) -> None:
         self.by_id = {j.job_id: j for j in jobs}
         self.arrays: dict[int, list[Job]] = {}
         for job in jobs:
             if job.array_job_id is not None:
                 self.arrays.setdefault(job.array_job_id, []).append(job)
-        self.by_comment: dict[str, Job] = {}
+        self.by_gateway_id: dict[str, Job] = {}
+        """Our jobs, and those of the first comment form (no instance: maybe ours)."""
+        self.surely_ours: set[str] = set()
+        """The gateway ids our instance is named on: the only ones that may be cancelled as orphans."""
         for job in jobs:
-            if job.comment.startswith(COMMENT_PREFIX):
-                # every task of an array carries the comment; the job is the array
-                self.by_comment.setdefault(job.comment, job)
+            origin = parse_comment(job.comment)
+            if origin is None or origin.instance not in (None, instance):
+                continue
+            # every task of an array carries the comment; the job is the array
+            self.by_gateway_id.setdefault(origin.job_id, job)
+            if origin.instance is not None:
+                self.surely_ours.add(origin.job_id)
 
     @staticmethod
     def slurm_id(job: Job) -> int:
@@ -109,6 +118,7 @@ class Poller:
         self.database = database
         self.slurm = slurm
         self.listeners: list[Listener] = []
+        self._instance: str | None = None
 
     async def poll_once(self) -> PollResult:
         """One cycle. No database transaction is open while Slurm is asked (on SQLite a write transaction
@@ -123,8 +133,10 @@ class Poller:
                     )
                 )
             ).all()
+        if self._instance is None:
+            self._instance = await instance_id(self.database)
         try:
-            snapshot = Snapshot(await self.slurm.jobs())
+            snapshot = Snapshot(await self.slurm.jobs(), self._instance)
             result.slurm_calls += 1
             SLURM_CALLS.labels("squeue").inc()
         except SlurmError as exc:
@@ -172,7 +184,7 @@ class Poller:
     async def _cancel(self, orphans: list[Job]) -> int:
         for orphan in orphans:
             slurm_id = Snapshot.slurm_id(orphan)
-            log.warning("orphan_cancelled", slurm_job_id=slurm_id, gateway_id=orphan.comment)
+            log.warning("orphan_cancelled", slurm_job_id=slurm_id, comment=orphan.comment)
             try:
                 await self.slurm.cancel(slurm_id, user=orphan.user or "root")
             except SlurmError as exc:  # the next cycle tries again
@@ -200,24 +212,27 @@ def _settle(
 
 
 def _orphans(session: Session, snapshot: Snapshot) -> list[Job]:
-    """Live Slurm jobs carrying a gateway id the database does not know (e.g. its row was lost).
+    """Live Slurm jobs of this gateway whose ids the database does not know (e.g. rows lost in a restore).
 
     Safe against a submission racing this cycle: a job's row is committed before its sbatch runs, so any
     job in the snapshot has its row visible to this later transaction.
     """
-    live = {c: j for c, j in snapshot.by_comment.items() if not j.state.is_terminal}
-    ids = [c.removeprefix(COMMENT_PREFIX) for c in live]
-    if not ids:
+    live = {
+        job_id: job
+        for job_id, job in snapshot.by_gateway_id.items()
+        if job_id in snapshot.surely_ours and not job.state.is_terminal
+    }
+    if not live:
         return []
-    known = set(session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(ids))))
-    return [live[COMMENT_PREFIX + job_id] for job_id in ids if job_id not in known]
+    known = set(session.scalars(select(TrainingJob.id).where(TrainingJob.id.in_(list(live)))))
+    return [job for job_id, job in live.items() if job_id not in known]
 
 
 def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult) -> StateChange | None:
     """Bring one job up to date with Slurm's snapshot and accounting; its state change, if any."""
     old = job.state
     if job.slurm_job_id is None:
-        found = snapshot.by_comment.get(COMMENT_PREFIX + job.id)
+        found = snapshot.by_gateway_id.get(job.id)
         if found is None:
             if job.state == SUBMITTING and utcnow() - job.created_at > LOST_AFTER:
                 job.state, job.reason = SUBMIT_FAILED, "never reached Slurm"

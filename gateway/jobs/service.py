@@ -1,8 +1,8 @@
 """Submitting and controlling training jobs.
 
 Nothing lost, nothing twice: the job is committed (with the caller's idempotency key) before sbatch runs, and
-the Slurm job carries the gateway's id in its comment (``rgpu:<id>``). If the gateway dies between sbatch
-and recording the Slurm id, the poller finds the job by that comment and adopts it.
+the Slurm job carries the gateway's id in its comment (``rgpu:<instance>:<id>``, gateway.jobs.origin). If the
+gateway dies between sbatch and recording the Slurm id, the poller finds the job by that comment and adopts it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotF
 from gateway.jobs import events
 from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
+from gateway.jobs.origin import instance_id, slurm_comment
 from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
 from gateway.schemas import Pagination
@@ -49,7 +50,6 @@ from slurm.filenames import PatternValues, UnknownInPattern, expand
 from slurm.records import JobState
 from slurm.script import JobSpec, ScriptError, check_path, render
 
-COMMENT_PREFIX = "rgpu:"
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 JOBS: Table = TrainingJob.__table__  # type: ignore[assignment]
 JobView = TrainingJob | ListedJob | SimpleNamespace
@@ -74,10 +74,6 @@ class SlurmDown(GatewayError):
     status, kind, title = 503, "slurm-unavailable", "Slurm is not answering"
 
 
-def slurm_comment(job_id: str) -> str:
-    return f"{COMMENT_PREFIX}{job_id}"
-
-
 def _home(posix_name: str) -> str:
     try:
         return pwd.getpwnam(posix_name).pw_dir
@@ -93,6 +89,12 @@ class JobService:
         self.slurm = slurm
         self.settings = settings
         self._associations: set[tuple[str, str]] = set()
+        self._instance_id: str | None = None
+
+    async def _instance(self) -> str:
+        if self._instance_id is None:
+            self._instance_id = await instance_id(self.database)
+        return self._instance_id
 
     async def _ensure_association(self, account: str, user: str) -> None:
         if (account, user) in self._associations:
@@ -178,6 +180,7 @@ class JobService:
             workspace_id=ws.id,
             details={"name": spec.name, "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node},
         )
+        instance = await self._instance()  # (made on a first submission: before the job, never between it and sbatch)
         try:
             # recorded before sbatch: a crash from here on is settled by the poller
             existing = await self.database.run(partial(_record_submission, row, audit))
@@ -189,7 +192,7 @@ class JobService:
             return existing, False
         job = SimpleNamespace(**row)  # the response's view; an ORM object costs a tenth of the request
 
-        options: dict[str, str | None] = {"comment": slurm_comment(job.id)}
+        options: dict[str, str | None] = {"comment": slurm_comment(instance, job.id)}
         if hold:
             options["hold"] = None
         submission = Submission(

@@ -27,7 +27,7 @@ def _entry(job_id: int, state: JobState, task: int | None = None, waiting: str =
         array_job_id=ARRAY,
         array_task_id=task,
         array_task_string=waiting,
-        comment="rgpu:abc",
+        comment="rgpu:i1:abc",
         nodes=("n1",) if state == S.RUNNING else (),
         start_time=T0 if state == S.RUNNING else None,
         allocated={"cpu": 1} if state == S.RUNNING else {},
@@ -73,7 +73,7 @@ def _job(state: str = "RUNNING") -> TrainingJob:
 
 def test_tasks_squeue_forgot_come_from_accounting() -> None:
     # tasks 0 (failed) and 1 left squeue long ago; 2 runs; 3 waits in the array's own entry
-    snapshot = Snapshot([_entry(53, S.RUNNING, task=2), _entry(ARRAY, S.PENDING, waiting="3%1")])
+    snapshot = Snapshot(instance="i1", jobs=[_entry(53, S.RUNNING, task=2), _entry(ARRAY, S.PENDING, waiting="3%1")])
     assert snapshot.missing_tasks(ARRAY, "0-3%1") and not snapshot.missing_tasks(ARRAY, "2-3")
     accounting = Accounting([_record(51, 0, S.FAILED, 3), _record(52, 1, S.COMPLETED), _record(53, 2, S.RUNNING)])
     job = _job()
@@ -90,7 +90,7 @@ def test_tasks_squeue_forgot_come_from_accounting() -> None:
             _record(ARRAY, 3, S.COMPLETED),
         ]
     )
-    change = update_job(job, Snapshot([]), everything, PollResult())
+    change = update_job(job, Snapshot(instance="i1", jobs=[]), everything, PollResult())
     assert change is not None and (change.old, change.new) == ("RUNNING", "FAILED")
     assert job.array_tasks == {"COMPLETED": 3, "FAILED": 1} and job.exit_code == 3
 
@@ -100,6 +100,9 @@ def test_an_array_is_adopted_by_its_comment_under_the_arrays_id() -> None:
     job.slurm_job_id = None
     result = PollResult()
     update_job(
-        job, Snapshot([_entry(53, S.RUNNING, task=2), _entry(ARRAY, S.PENDING, waiting="3")]), Accounting([]), result
+        job,
+        Snapshot(instance="i1", jobs=[_entry(53, S.RUNNING, task=2), _entry(ARRAY, S.PENDING, waiting="3")]),
+        Accounting([]),
+        result,
     )
     assert job.slurm_job_id == ARRAY and result.adopted == 1

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.jobs.origin import parse_comment
 from tests.integration.slurm.conftest import Cluster, PosixUserFactory
 from tests.integration.test_cli import _free_port
 
@@ -65,9 +66,16 @@ def wait_for(what: str, check: Callable[[], object], within: float = 20) -> obje
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def slurm_jobs_with_comment(cluster: Cluster, comment: str) -> list[str]:
+def slurm_jobs_of(cluster: Cluster, job_id: str) -> list[str]:
+    """The Slurm jobs whose comment names gateway job ``job_id`` (``rgpu:<instance>:<id>``)."""
     out = cluster.run("squeue", "--all", "-h", "-o", "%i|%k")
-    return [line.split("|", 1)[0] for line in out.splitlines() if line.split("|", 1)[1:] == [comment]]
+    found = []
+    for line in out.splitlines():
+        slurm_id, _, comment = line.partition("|")
+        origin = parse_comment(comment)
+        if origin is not None and origin.job_id == job_id:
+            found.append(slurm_id)
+    return found
 
 
 def test_gateway_killed_between_sbatch_and_commit(
@@ -115,7 +123,7 @@ def test_gateway_killed_between_sbatch_and_commit(
                     db.execute("ROLLBACK")
                     request.join(30)
                     continue
-                found = wait_for("the Slurm job", partial(slurm_jobs_with_comment, slurm_cluster, f"rgpu:{job_id}"))
+                found = wait_for("the Slurm job", partial(slurm_jobs_of, slurm_cluster, job_id))
                 assert isinstance(found, list)
                 os.kill(server.pid, signal.SIGKILL)
                 server.wait(10)
@@ -141,7 +149,7 @@ def test_gateway_killed_between_sbatch_and_commit(
             rows = db.execute("SELECT id, slurm_job_id FROM jobs WHERE idempotency_key = ?", (key,)).fetchall()
         assert rows == [(job_id, int(slurm_id))]
         assert [j["id"] for j in listed["items"]].count(job_id) == 1
-        assert slurm_jobs_with_comment(slurm_cluster, f"rgpu:{job_id}") == [slurm_id]
+        assert slurm_jobs_of(slurm_cluster, job_id) == [slurm_id]
         cancel = httpx.post(f"{jobs_url}/{job_id}/cancel", headers=alice, timeout=60)
         assert cancel.status_code == 202, cancel.text
     slurm_cluster.run("scancel", "--account", slurm_account)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.db import migrate
 from gateway.db.session import Database
+from gateway.jobs.models import JobEvent, TrainingJob
+from gateway.jobs.origin import parse_comment
 from gateway.jobs.poller import Poller
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient, Submission
+from slurm.records import JobState
 from tests.conftest import UserFactory, asgi_client
 from tests.integration.slurm.conftest import BOTH_BACKENDS, WS, PosixUserFactory, make_team, poll_until
 
@@ -154,6 +160,46 @@ async def test_a_removed_association_is_made_again(
     await api.post(f"{WS}/lab/jobs/{again.json()['id']}/cancel", headers=team["alice"])
 
 
+async def test_orphans_are_cancelled_but_only_this_gateways(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    clean_database: Database,
+    cli_client: CliSlurmClient,
+    make_database_url: Callable[[str], str],
+) -> None:
+    """A Slurm job whose row is gone (a database restored from an older backup) is cancelled by its own gateway's
+    poller; a second gateway on the same cluster leaves it alone, as it leaves every job not its own."""
+    team = await make_team(api, make_user, posix_user, slurm_account)
+    job = (
+        await api.post(
+            f"{WS}/lab/jobs", json={"name": "lost", "command": ["true"], "hold": True}, headers=team["alice"]
+        )
+    ).json()
+    async with clean_database.session() as session:  # the row lost, the Slurm job still there
+        await session.execute(delete(JobEvent).where(JobEvent.job_id == job["id"]))
+        await session.execute(delete(TrainingJob).where(TrainingJob.id == job["id"]))
+        await session.commit()
+
+    other_url = make_database_url("sqlite")
+    await asyncio.to_thread(migrate.upgrade, other_url)
+    other = Database(other_url)
+    try:
+        assert (await Poller(other, cli_client).poll_once()).orphans_cancelled == 0
+    finally:
+        await other.dispose()
+    assert [j.state for j in await cli_client.jobs() if j.job_id == job["slurm_job_id"]] == [JobState.PENDING]
+
+    assert (await Poller(clean_database, cli_client).poll_once()).orphans_cancelled == 1
+    for _ in range(40):
+        states = [j.state for j in await cli_client.jobs() if j.job_id == job["slurm_job_id"]]
+        if states == [JobState.CANCELLED]:
+            break
+        await asyncio.sleep(0.25)
+    assert states == [JobState.CANCELLED]
+
+
 class DiesAfterSbatch:
     """A SlurmClient whose process 'dies' right after sbatch succeeded, before the gateway records the id."""
 
@@ -201,6 +247,6 @@ async def test_crash_between_sbatch_and_commit_leaves_exactly_one_job(
             headers={**team["alice"], "Idempotency-Key": "crash-1"},
         )
         assert retry.status_code == 200 and retry.json()["id"] == job["id"]
-        in_slurm = [j for j in await cli_client.jobs() if j.comment == f"rgpu:{job['id']}"]
+        in_slurm = [j for j in await cli_client.jobs() if (o := parse_comment(j.comment)) and o.job_id == job["id"]]
         assert [j.job_id for j in in_slurm] == dying.slurm_ids
         await api.post(f"{WS}/lab/jobs/{job['id']}/cancel", headers=team["alice"])

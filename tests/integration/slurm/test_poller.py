@@ -6,13 +6,16 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
+from gateway.db import migrate
 from gateway.db.session import Database
 from gateway.jobs.models import TrainingJob, new_job_id
 from gateway.jobs.poller import Poller
@@ -20,6 +23,7 @@ from gateway.users.models import User
 from gateway.workspaces.models import Workspace
 from slurm.cli import CliSlurmClient
 from slurm.client import Submission
+from tests.conftest import PG_ADMIN_URL
 from tests.integration.slurm.conftest import REPO, Cluster, PosixUserFactory, home_of
 
 
@@ -109,3 +113,44 @@ async def test_controller_down_and_back(
         seen = await session.scalar(select(TrainingJob))
         assert seen is not None and not seen.state_unknown and seen.state == "RUNNING"
     await cli_client.cancel(slurm_id, user=user)
+
+
+def test_the_worker_outlives_a_database_that_drops_its_connections(
+    slurm_cluster: Cluster, make_database_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A real ``remotegpu worker`` on PostgreSQL whose connections are all killed: it logs the failed cycle
+    and goes on polling, where an unhandled error would end the process (and every job's updates)."""
+    url = make_database_url("postgresql")
+    migrate.upgrade(url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
+    env.update(
+        REMOTEGPU_DATABASE_URL=url,
+        REMOTEGPU_SLURM_CONF=slurm_cluster.conf,
+        REMOTEGPU_POLL_INTERVAL_SECONDS="0.3",
+    )
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_lines(log_path, '"event": "poll"', 2)
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+        assert killed and killed[0] >= 1
+        polls = log_path.read_text().count('"event": "poll"')
+        _wait_for_lines(log_path, '"event": "poll"', polls + 3)  # polling again after the loss
+        assert worker.poll() is None, log_path.read_text()[-2000:]
+    finally:
+        worker.terminate()
+        worker.wait(10)
+
+
+def _wait_for_lines(path: Path, needle: str, count: int, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while path.read_text().count(needle) < count:
+        assert time.monotonic() < deadline, path.read_text()[-2000:]
+        time.sleep(0.2)
