@@ -35,7 +35,8 @@ class TrainingJob(TimestampMixin, Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     state_unknown: Mapped[bool] = mapped_column(default=False)
     """The controller did not answer the last poll: ``state`` is the last one known."""
-    slurm_job_id: Mapped[int | None] = mapped_column(default=None, unique=True)
+    slurm_job_id: Mapped[int | None] = mapped_column(default=None, index=True)
+    """Not unique: a cluster whose state was wiped numbers its jobs from 1 again (and ids wrap at MaxJobId)."""
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     script: Mapped[str] = mapped_column(Text)

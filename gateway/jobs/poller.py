@@ -242,14 +242,15 @@ def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result
         result.adopted += 1
     slurm_id = job.slurm_job_id
     is_array = bool(job.spec.get("array"))
-    mine = records.of_array(slurm_id) if is_array else records.of_job(slurm_id)
-    if is_array and slurm_id in snapshot.arrays:
-        tasks = snapshot.arrays[slurm_id]
+    mine = [r for r in (records.of_array(slurm_id) if is_array else records.of_job(slurm_id)) if _is_of(r, job)]
+    tasks = [t for t in snapshot.arrays.get(slurm_id, ()) if _is_of(t, job)] if is_array else []
+    live = snapshot.by_id.get(slurm_id) if not is_array else None
+    if tasks:
         listed = listed_task_ids(tasks)
         finished = [r for r in mine if r.array_task_id is not None and r.array_task_id not in listed]
         changed = _apply_live(job, combine_jobs(slurm_id, tasks, finished), task_counts(tasks, finished))
-    elif not is_array and slurm_id in snapshot.by_id:
-        changed = _apply_live(job, snapshot.by_id[slurm_id], None)
+    elif live is not None and _is_of(live, job):
+        changed = _apply_live(job, live, None)
     elif mine:
         record = combine_records(slurm_id, mine) if is_array else mine[0]
         changed = _apply_record(job, record, record_counts(mine) if is_array else None)
@@ -258,6 +259,14 @@ def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result
     if changed and job.state != old:
         return StateChange(job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state, reason=job.reason)
     return None
+
+
+def _is_of(slurm_job: Job | AccountingRecord, job: TrainingJob) -> bool:
+    """Whether the Slurm job under ``job``'s Slurm id is ``job``'s: ids repeat (a cluster's state wiped, MaxJobId
+    wrapped), the gateway id in the comment does not. A job without one (made outside the gateway) is taken
+    on its id."""
+    origin = parse_comment(slurm_job.comment)
+    return origin is None or origin.job_id == job.id
 
 
 def _apply_live(job: TrainingJob, sj: Job, array_tasks: dict[str, int] | None) -> bool:
