@@ -66,10 +66,8 @@ def _sqlite_begin(conn: Connection) -> None:
     SQLITE_BUSY_SNAPSHOT instead of waiting; taking the lock first makes concurrent writers queue on
     busy_timeout instead. Read-only sessions keep a plain deferred BEGIN so they never block.
     """
-    options = conn.get_execution_options()
-    if options.get("isolation_level") == "AUTOCOMMIT":
-        return  # Database.run's reads: each statement on its own
-    conn.exec_driver_sql(f"BEGIN {'IMMEDIATE' if options.get(WRITE_OPTION) else 'DEFERRED'}")
+    mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _json_text(value: Any) -> str:
@@ -87,10 +85,12 @@ def _engine_options(parsed: URL, pool_size: int, echo: bool, *, pre_ping: bool =
     return options
 
 
-def _sqlite_events(engine: Engine, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
+def _sqlite_events(engine: Engine, busy_ms: int = BUSY_TIMEOUT_MS, *, autocommit: bool = False) -> None:
+    """Pragmas on every new connection; BEGIN emitted by SQLAlchemy, unless each statement runs on its own."""
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", partial(_sqlite_connect, busy_ms=busy_ms))
-        event.listen(engine, "begin", _sqlite_begin)
+        if not autocommit:
+            event.listen(engine, "begin", _sqlite_begin)
 
 
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
@@ -111,7 +111,7 @@ def create_thread_engine(url: str, *, pool_size: int = 10, echo: bool = False, a
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
     engine = create_sync_engine(parsed, pool_reset_on_return=None, **options)
-    _sqlite_events(engine, INLINE_BUSY_TIMEOUT_MS if autocommit else BUSY_TIMEOUT_MS)
+    _sqlite_events(engine, INLINE_BUSY_TIMEOUT_MS if autocommit else BUSY_TIMEOUT_MS, autocommit=autocommit)
     return engine
 
 
@@ -174,6 +174,12 @@ class Database:
 
     def _threads(self, write: bool) -> tuple[Engine, ThreadPoolExecutor]:
         """The thread engine and pools, made on first use (most processes never need them)."""
+        threaded = self._threaded
+        if threaded is None:
+            threaded = self._make_threads()
+        return (threaded.writes, threaded.write_pool) if write else (threaded.reads, threaded.read_pool)
+
+    def _make_threads(self) -> _Threaded:
         with self._threads_lock:
             if self._threaded is None:
                 engine = create_thread_engine(self.url, pool_size=self.pool_size, echo=self.echo)
@@ -186,8 +192,7 @@ class Database:
                     write_pool=ThreadPoolExecutor(writers, thread_name_prefix="db-write"),
                     read_pool=ThreadPoolExecutor(self.pool_size, thread_name_prefix="db-read"),
                 )
-            threaded = self._threaded
-        return (threaded.writes, threaded.write_pool) if write else (threaded.reads, threaded.read_pool)
+            return self._threaded
 
     async def dispose(self) -> None:
         await self.engine.dispose()
