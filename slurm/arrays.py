@@ -8,15 +8,17 @@ task has, and failed (or cancelled, ...) when any task did.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
 
 from slurm.records import AccountingRecord, Job, JobState
+
+T = TypeVar("T", int, datetime)
 
 MAX_TASKS = 1_000_000
 """Slurm's MaxArraySize is at most 4,000,001; counting past a million is not worth the memory."""
@@ -78,23 +80,25 @@ def combined_state(states: Iterable[JobState]) -> JobState:
     return next((s for s in _FINAL_PRECEDENCE if s in present), JobState.UNKNOWN)
 
 
-def _counted(pending_spec: str) -> int:
-    if not pending_spec:
-        return 1
+def _waiting(task: Job) -> list[int]:
+    """The task ids an array's shared entry of waiting tasks stands for (none for a task of its own)."""
+    if task.array_task_id is not None or not task.array_task_string:
+        return []
     try:
-        return max(1, len(task_ids(pending_spec)))
+        return task_ids(task.array_task_string)
     except ValueError:
-        return 1
+        return []
 
 
 def task_counts(tasks: Sequence[Job], finished: Sequence[AccountingRecord] = ()) -> dict[str, int]:
     """How many tasks are in each state; the shared entry of waiting tasks counts as all of them.
 
-    ``finished``: accounting records of tasks no longer in ``tasks`` (squeue forgets finished ones).
+    ``finished``: accounting records of tasks no longer in ``tasks`` (squeue forgets finished ones), or all
+    of them once the array has left squeue.
     """
     counts: Counter[str] = Counter(r.state.value for r in finished)
     for task in tasks:
-        counts[task.state.value] += _counted(task.array_task_string)
+        counts[task.state.value] += max(1, len(_waiting(task)))
     return dict(sorted(counts.items()))
 
 
@@ -104,30 +108,14 @@ def listed_task_ids(tasks: Sequence[Job]) -> set[int]:
     for task in tasks:
         if task.array_task_id is not None:
             ids.add(task.array_task_id)
-        elif task.array_task_string:
-            with contextlib.suppress(ValueError):
-                ids.update(task_ids(task.array_task_string))
+        ids.update(_waiting(task))
     return ids
 
 
-def record_counts(records: Sequence[AccountingRecord]) -> dict[str, int]:
-    counts: Counter[str] = Counter(r.state.value for r in records)
-    return dict(sorted(counts.items()))
-
-
-def _earliest(times: Iterable[datetime | None]) -> datetime | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
-
-
-def _latest(times: Iterable[datetime | None]) -> datetime | None:
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
-
-
-def _worst_exit(codes: Iterable[int | None]) -> int | None:
-    known = [c for c in codes if c is not None]
-    return max(known) if known else None
+def _known(pick: Callable[[list[T]], T], values: Iterable[T | None]) -> T | None:
+    """``pick`` (min, max) of the values that are known; None if none is."""
+    known = [v for v in values if v is not None]
+    return pick(known) if known else None
 
 
 def combine_jobs(array_job_id: int, tasks: Sequence[Job], finished: Sequence[AccountingRecord] = ()) -> Job:
@@ -157,12 +145,12 @@ def combine_jobs(array_job_id: int, tasks: Sequence[Job], finished: Sequence[Acc
         state=state,
         reason=naming.reason if naming.state == state else None,
         nodes=nodes,
-        start_time=_earliest([*(t.start_time for t in tasks), *(r.start_time for r in finished)]),
-        end_time=_latest([*(t.end_time for t in tasks), *(r.end_time for r in finished)])
+        start_time=_known(min, [*(t.start_time for t in tasks), *(r.start_time for r in finished)]),
+        end_time=_known(max, [*(t.end_time for t in tasks), *(r.end_time for r in finished)])
         if state.is_terminal
         else None,
         exit_code=(
-            _worst_exit([*(t.exit_code for t in tasks), *(r.exit_code for r in finished)])
+            _known(max, [*(t.exit_code for t in tasks), *(r.exit_code for r in finished)])
             if state.is_terminal
             else None
         ),
@@ -187,8 +175,8 @@ def combine_records(array_job_id: int, records: Sequence[AccountingRecord]) -> A
         array_task_id=None,
         state=state,
         elapsed_seconds=sum(r.elapsed_seconds for r in records),
-        start_time=_earliest(r.start_time for r in records),
-        end_time=_latest(r.end_time for r in records) if state.is_terminal else None,
-        exit_code=_worst_exit(r.exit_code for r in records) if state.is_terminal else None,
+        start_time=_known(min, [r.start_time for r in records]),
+        end_time=_known(max, [r.end_time for r in records]) if state.is_terminal else None,
+        exit_code=_known(max, [r.exit_code for r in records]) if state.is_terminal else None,
         allocated=allocated,
     )

@@ -151,6 +151,10 @@ class CliSlurmClient:
             raise classify(err or out, command=argv[0], submit=submit)
         return out
 
+    async def command(self, argv: Sequence[str]) -> str:
+        """Run one of Slurm's commands as the gateway (not as a user); its stdout. Failures are SlurmErrors."""
+        return await self._run(argv)
+
     async def _sacctmgr(self, *args: str, tolerate: Sequence[str] = ()) -> str:
         """sacctmgr exits 1 for 'Nothing new added' / 'Nothing deleted': idempotent calls tolerate those."""
         try:

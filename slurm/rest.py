@@ -39,6 +39,7 @@ refuses with that reason where there is none.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -139,12 +140,10 @@ class SubmitHost(msgspec.Struct, frozen=True, kw_only=True):
 
 def _umask() -> int | None:
     """The process's umask without setting it (``os.umask`` would change it for every thread a moment)."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no /proc (not Linux), or a line not as expected
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split(":", 1)[1].strip(), 8)
-    except (OSError, ValueError):
-        pass
     return None
 
 

@@ -10,7 +10,6 @@ user however many requests wait for it (single flight).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Protocol
 
 import jwt
 
-from slurm.cli import command_env
-from slurm.errors import SlurmError, SlurmUnavailable, classify
+from slurm.cli import CliSlurmClient
+from slurm.errors import SlurmError
 
 
 class TokenSource(Protocol):
@@ -29,34 +28,16 @@ class TokenSource(Protocol):
 
 
 class ScontrolTokens:
-    """``scontrol token username=USER lifespan=SECONDS``, run in a thread (see slurm/cli.py for why not the
-    event loop's subprocesses). The controller signs the token, so it needs no key on this host, only
-    Slurm's commands, munge and the right to mint tokens for others (root or the SlurmUser)."""
+    """``scontrol token username=USER lifespan=SECONDS``, run as the CLI backend runs Slurm's commands. The
+    controller signs the token, so it needs no key on this host, only Slurm's commands, munge and the right
+    to mint tokens for others (root or the SlurmUser)."""
 
     def __init__(self, *, slurm_conf: str | None = None, timeout: float = 30.0, scontrol: str = "scontrol") -> None:
-        self.slurm_conf = slurm_conf
-        self.timeout = timeout
+        self.commands = CliSlurmClient(slurm_conf=slurm_conf, timeout=timeout, max_commands=4)
         self.scontrol = scontrol
 
     async def __call__(self, user: str, lifespan: int) -> str:
-        env = command_env(self.slurm_conf)
-        argv = [self.scontrol, "token", f"username={user}", f"lifespan={lifespan}"]
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run,  # an argv list, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=env,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            message = f"scontrol token did not answer within {self.timeout:.0f} s"
-            raise SlurmUnavailable(message, command="scontrol") from exc
-        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        if done.returncode != 0:
-            raise classify(err or out, command="scontrol")
+        out = await self.commands.command([self.scontrol, "token", f"username={user}", f"lifespan={lifespan}"])
         return parse_scontrol_token(out)
 
 

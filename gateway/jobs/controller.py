@@ -68,7 +68,7 @@ class JobController(Controller):
         since: FromQuery[datetime | None] = None,
     ) -> Page[JobOut]:
         rows, total = await jobs.list(access, page, state=status, user=user, since=since)
-        return Page([JobOut.of(job, name) for job, name in rows], total, page.limit, page.offset)
+        return Page([JobOut.of(job, job.owner_name) for job in rows], total, page.limit, page.offset)
 
     @get("/{job_id:str}")
     async def get_job(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
@@ -124,8 +124,7 @@ class JobController(Controller):
                 return Response(
                     JobLogs(path=source.path, lines=await asyncio.to_thread(tail, source.path, source.uid, lines))
                 )
-            # opened here, so that a refusal is a 403, not a stream cut short
-            await asyncio.to_thread(_check_readable, source.path, source.uid)
+            opened = await asyncio.to_thread(open_owned, source.path, source.uid)  # a refusal: a 403, not a cut
         except LogUnreadable as exc:
             raise Forbidden(str(exc), field="stdout" if stream == "stdout" else "stderr") from exc
         database: Database = state.database
@@ -134,13 +133,7 @@ class JobController(Controller):
             return await has_finished(database, source.job_id)
 
         return Stream(
-            follow_log(source.path, source.uid, lines, finished),
+            follow_log(source.path, source.uid, lines, finished, opened=opened),
             media_type="text/plain; charset=utf-8",
             headers={"X-Log-Path": quote(source.path), "Cache-Control": "no-store"},
         )
-
-
-def _check_readable(path: str, uid: int) -> None:
-    fh = open_owned(path, uid)
-    if fh is not None:
-        fh.close()

@@ -85,11 +85,13 @@ async def follow(
     finished: Callable[[], Awaitable[bool]],
     *,
     interval: float = 1.0,
+    opened: IO[bytes] | None = None,
 ) -> AsyncIterator[bytes]:
     """The last ``lines`` lines, then whatever is appended, until ``finished()`` says the job is over and the
     file has been read to its end. Waits for the file to appear while the job has not started writing it.
-    A file that shrinks (rewritten) is read again from its start."""
-    fh: IO[bytes] | None = None
+    A file that shrinks (rewritten) is read again from its start. ``opened``: the file, already opened by
+    :func:`open_owned` (the caller's check that it may be read); it is closed when the stream ends."""
+    fh = opened
     try:
         while fh is None:
             fh = await asyncio.to_thread(open_owned, path, uid)

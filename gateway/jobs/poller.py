@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.db.base import utcnow
@@ -26,7 +26,7 @@ from gateway.jobs.events import Listener, StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
 from gateway.jobs.origin import instance_id, parse_comment
 from gateway.jobs.service import FINAL_STATES
-from slurm.arrays import combine_jobs, combine_records, listed_task_ids, record_counts, task_counts, task_ids
+from slurm.arrays import combine_jobs, combine_records, listed_task_ids, task_counts, task_ids
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError
 from slurm.records import AccountingRecord, Job
@@ -125,14 +125,7 @@ class Poller:
         would block every submission for as long as the controller takes to answer)."""
         started = time.perf_counter()
         result = PollResult()
-        async with self.database.session(write=False) as session:
-            watched = (
-                await session.execute(
-                    select(TrainingJob.id, TrainingJob.slurm_job_id, TrainingJob.spec["array"].as_string()).where(
-                        ACTIVE
-                    )
-                )
-            ).all()
+        watched = await self.database.run(_watched, write=False)
         if self._instance is None:
             self._instance = await instance_id(self.database)
         try:
@@ -145,18 +138,14 @@ class Poller:
             return result
         # jobs to look up in accounting: gone from squeue, or arrays some of whose tasks are
         accounted = [
-            job_id
-            for job_id, slurm_id, array in watched
+            created
+            for slurm_id, array, created in watched
             if slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array))
         ]
         records = Accounting([])
         if accounted:
-            async with self.database.session(write=False) as session:
-                oldest = await session.scalar(
-                    select(func.min(TrainingJob.created_at)).where(TrainingJob.id.in_(accounted))
-                )
             try:
-                records = Accounting(await self.slurm.accounting((oldest or utcnow()) - timedelta(minutes=1)))
+                records = Accounting(await self.slurm.accounting(min(accounted) - timedelta(minutes=1)))
             except SlurmError as exc:  # slurmdbd away: what squeue says still counts
                 log.warning("accounting_unreachable", error=exc.message)
             result.slurm_calls += 1
@@ -190,6 +179,12 @@ class Poller:
             except SlurmError as exc:  # the next cycle tries again
                 log.warning("orphan_cancel_failed", slurm_job_id=slurm_id, error=exc.message)
         return len(orphans)
+
+
+def _watched(session: Session) -> list[tuple[int | None, str | None, datetime]]:
+    """Unit of work: each unfinished job's Slurm id, array spec and creation time."""
+    query = select(TrainingJob.slurm_job_id, TrainingJob.spec["array"].as_string(), TrainingJob.created_at)
+    return [(slurm_id, array, created) for slurm_id, array, created in session.execute(query.where(ACTIVE))]
 
 
 def _settle(
@@ -253,7 +248,7 @@ def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result
         changed = _apply_live(job, live, None)
     elif mine:
         record = combine_records(slurm_id, mine) if is_array else mine[0]
-        changed = _apply_record(job, record, record_counts(mine) if is_array else None)
+        changed = _apply_record(job, record, task_counts((), mine) if is_array else None)
     else:
         return None  # submitted since the snapshot, or accounting has not caught up: next cycle
     if changed and job.state != old:

@@ -74,11 +74,16 @@ class SlurmDown(GatewayError):
     status, kind, title = 503, "slurm-unavailable", "Slurm is not answering"
 
 
-def _home(posix_name: str) -> str:
+def _posix_account(posix_name: str | None) -> pwd.struct_passwd:
     try:
-        return pwd.getpwnam(posix_name).pw_dir
+        return pwd.getpwnam(posix_name or "")
     except KeyError:
         raise Conflict(f"POSIX account {posix_name!r} does not exist on the cluster", field="user") from None
+
+
+def _in(work_dir: str, path: str) -> str:
+    """A path as sbatch reads it: relative ones are relative to the job's working directory."""
+    return path if path.startswith("/") else f"{work_dir}/{path}"
 
 
 class JobService:
@@ -136,7 +141,7 @@ class JobService:
         posix_name = actor.posix_name
         check_quota(ws.quota, data)
         fields = msgspec.structs.asdict(data)
-        work_dir = fields.pop("work_dir") or _home(posix_name)
+        work_dir = fields.pop("work_dir") or _posix_account(posix_name).pw_dir
         hold = fields.pop("hold")
         try:
             check_path("work_dir", work_dir)
@@ -161,7 +166,7 @@ class JobService:
             "spec": msgspec.to_builtins(spec),
             "script": script,
             "work_dir": work_dir,
-            "stdout_path": stdout if stdout.startswith("/") else f"{work_dir}/{stdout}",
+            "stdout_path": _in(work_dir, stdout),
             "nodes": [],
             "allocated": {},
             "exit_code": None,
@@ -246,7 +251,7 @@ class JobService:
         state: str | None = None,
         user: str | None = None,
         since: object = None,
-    ) -> tuple[list[tuple[JobView, str]], int | None]:
+    ) -> tuple[list[ListedJob], int | None]:
         """One page of jobs, newest first, with their owners' names, and how many match in all.
 
         Rows of plain columns, not ORM objects (a list of 50 costs a third as much), and never the scripts.
@@ -293,8 +298,7 @@ class JobService:
             raise NotFound(f"job {job_id!r} has no array task {task}")
         pattern = job.stdout_path
         if stream == "stderr" and job.spec.get("stderr"):
-            stderr = str(job.spec["stderr"])
-            pattern = stderr if stderr.startswith("/") else f"{job.work_dir}/{stderr}"
+            pattern = _in(job.work_dir, str(job.spec["stderr"]))
         if job.slurm_job_id is None:
             raise Conflict(f"job {job_id!r} has no Slurm job yet (state {job.state})", field="id")
         values = PatternValues(
@@ -309,11 +313,7 @@ class JobService:
         except UnknownInPattern as exc:
             hint = "use %A and %a for arrays" if exc.letter in "jJ" else "only the node knows its host name"
             raise Conflict(f"cannot name the output file: {exc} ({hint})", field="stdout") from exc
-        try:
-            uid = pwd.getpwnam(owner.posix_name or "").pw_uid
-        except KeyError:
-            raise Conflict(f"POSIX account {owner.posix_name!r} does not exist here", field="user") from None
-        return LogFile(path=path, uid=uid, job_id=job.id)
+        return LogFile(path=path, uid=_posix_account(owner.posix_name).pw_uid, job_id=job.id)
 
     async def control(self, session: AsyncSession, access: WorkspaceAccess, job_id: str, action: str) -> TrainingJob:
         """cancel, hold or release, run as the job's owner (Slurm checks it too)."""
@@ -387,12 +387,12 @@ def _list_statements(own_only: bool, state: bool, user: bool, since: bool) -> tu
 
 def _list_page(
     statements: tuple[AnySelect, AnySelect], values: dict[str, Any], page: Pagination, session: Session
-) -> tuple[list[tuple[JobView, str]], int | None]:
+) -> tuple[list[ListedJob], int | None]:
     """Unit of work: one page of jobs (rows of columns, not ORM objects), and how many match in all."""
     page_query, count = statements
     core = session.connection()  # Core rows: the ORM's result loading would cost more than the query
     found = core.execute(page_query, values).all()
-    rows: list[tuple[JobView, str]] = [(job, job.owner_name) for job in (ListedJob(*row[:-1]) for row in found)]
+    rows = [ListedJob(*row[:-1]) for row in found]  # all but the total
     if found:
         return rows, bounded(found[0].total)
     return rows, 0 if page.offset == 0 else bounded(core.scalar(count, values))  # past the end: count alone

@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.jobs.models import TrainingJob
 from gateway.jobs.origin import Origin, parse_comment, slurm_comment
 from gateway.jobs.poller import Accounting, PollResult, Snapshot, update_job
 from slurm.records import Job, JobState
+from tests.unit.test_poller_arrays import training_job
 
 pytestmark = pytest.mark.unit
 
@@ -44,29 +44,9 @@ def test_a_snapshot_keeps_only_this_gateways_jobs() -> None:
     assert snapshot.surely_ours == {ours}  # may be cancelled as an orphan
 
 
-def _row(job_id: str, slurm_id: int) -> TrainingJob:
-    return TrainingJob(
-        id=job_id,
-        workspace_id=1,
-        user_id=1,
-        name="j",
-        state="PENDING",
-        reason=None,
-        state_unknown=False,
-        slurm_job_id=slurm_id,
-        spec={},
-        nodes=[],
-        allocated={},
-        exit_code=None,
-        array_tasks=None,
-        started_at=None,
-        ended_at=None,
-    )
-
-
 def test_a_repeated_slurm_id_updates_only_the_job_it_belongs_to() -> None:
     """The cluster's state was wiped: job 5 now is another gateway job's; the old row keeps its last state."""
-    old, new = _row("a" * 32, 5), _row("b" * 32, 5)
+    old, new = training_job(id="a" * 32, slurm_job_id=5), training_job(id="b" * 32, slurm_job_id=5)
     live = msgspec.structs.replace(BASE, job_id=5, comment=slurm_comment("mine", new.id))
     snapshot = Snapshot([live], "mine")
     assert update_job(old, snapshot, Accounting([]), PollResult()) is None and old.state == "PENDING"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -51,24 +52,30 @@ def _record(job_id: int, task: int, state: JobState, exit_code: int = 0) -> Acco
     )
 
 
+def training_job(**fields: Any) -> TrainingJob:
+    """An unsaved job row as the poller loads it: PENDING, no Slurm data yet, unless ``fields`` say otherwise."""
+    values: dict[str, Any] = {
+        "id": "abc",
+        "workspace_id": 1,
+        "user_id": 1,
+        "name": "sweep",
+        "state": "PENDING",
+        "reason": None,
+        "state_unknown": False,
+        "slurm_job_id": ARRAY,
+        "spec": {},
+        "nodes": [],
+        "allocated": {},
+        "exit_code": None,
+        "array_tasks": None,
+        "started_at": None,
+        "ended_at": None,
+    }
+    return TrainingJob(**{**values, **fields})
+
+
 def _job(state: str = "RUNNING") -> TrainingJob:
-    return TrainingJob(
-        id="abc",
-        workspace_id=1,
-        user_id=1,
-        name="sweep",
-        state=state,
-        reason=None,
-        state_unknown=False,
-        slurm_job_id=ARRAY,
-        spec={"array": "0-3%1"},
-        nodes=[],
-        allocated={},
-        exit_code=None,
-        array_tasks=None,
-        started_at=None,
-        ended_at=None,
-    )
+    return training_job(state=state, spec={"array": "0-3%1"})
 
 
 def test_tasks_squeue_forgot_come_from_accounting() -> None:

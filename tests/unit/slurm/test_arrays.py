@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slurm.arrays import combine_jobs, combine_records, combined_state, record_counts, task_counts, task_ids
+from slurm.arrays import combine_jobs, combine_records, combined_state, task_counts, task_ids
 from slurm.dialects import v22_05
 from slurm.records import Job, JobState
 from tests.unit.slurm.test_parsing import sample
@@ -106,7 +106,7 @@ def test_a_finished_array_takes_its_worst_task() -> None:
 
 def test_a_finished_array_from_sacct() -> None:
     records = [r for r in v22_05.parse_sacct(sample("sacct_array.json")) if r.array_job_id == 7]
-    assert record_counts(records) == {"COMPLETED": 4}
+    assert task_counts((), records) == {"COMPLETED": 4}
     array = combine_records(7, records)
     assert (array.job_id, array.state, array.array_task_id) == (7, S.COMPLETED, None)
     assert array.elapsed_seconds == sum(r.elapsed_seconds for r in records)
