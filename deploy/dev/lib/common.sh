@@ -26,22 +26,45 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+usable_by_all() {
+    # usable_by_all PYTHON: an unprivileged user can run this interpreter (every CLI user must run the venv's;
+    # a Python under /root, e.g. pyenv's, gives them "permission denied").
+    local py; py="$(readlink -f "$1")" || return 1
+    if [ "$(id -u)" -eq 0 ] && id nobody >/dev/null 2>&1; then
+        runuser -u nobody -- "$py" -c pass >/dev/null 2>&1
+    else
+        local dir="$py"
+        [ -x "$py" ] && [ "$(stat -c %A "$py" | cut -c10)" = x ] || return 1
+        while dir="$(dirname "$dir")"; [ "$dir" != / ]; do
+            [ "$(stat -c %A "$dir" | cut -c10)" = x ] || return 1
+        done
+    fi
+}
+
 pick_python() {
-    # The first Python >= 3.11 found: $PYTHON, python3, python3.12, python3.11; else Debian's.
+    # A Python >= 3.11 that every user can execute: $PYTHON, Debian's /usr/bin/python3, then python3.13..3.11
+    # on PATH; else Debian's is installed.
     local candidate
-    for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
-        if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            command -v "$candidate"; return 0
+    for candidate in ${PYTHON:-} /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
+        candidate="$(command -v "$candidate" 2>/dev/null)" || continue
+        if "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null &&
+            usable_by_all "$candidate"; then
+            echo "$candidate"; return 0
         fi
     done
     apt_install python3 python3-venv python3-dev
-    command -v python3
+    usable_by_all /usr/bin/python3 || die "no Python >= 3.11 that every user can execute"
+    echo /usr/bin/python3
 }
 
 ensure_venv() {
     # ensure_venv [EXTRAS]: the project's virtualenv with its dependencies, reinstalled when pyproject changes.
+    # A venv whose interpreter other users cannot execute (made from a Python under /root) is made again.
     local extras="${1:-dev}" stamp
+    if [ -x "$VENV/bin/python" ] && ! usable_by_all "$VENV/bin/python"; then
+        say "rebuilding $VENV: its Python ($(readlink -f "$VENV/bin/python")) is not executable by other users"
+        rm -rf "$VENV"
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
         local py; py="$(pick_python)"
         say "creating virtualenv $VENV with $py"
