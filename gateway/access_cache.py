@@ -22,6 +22,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from gateway.actor import Actor
 from gateway.auth.models import ApiToken
 from gateway.db.base import utcnow
+from gateway.errors import GatewayError
 from gateway.users.models import User
 from gateway.workspaces.models import Member, Quota, Role, Workspace
 
@@ -67,14 +68,26 @@ class AccessCache:
         self._workspaces.clear()
 
     async def _single_flight(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+        """``load()`` once for all concurrent callers of ``key``.
+
+        Only an answer about the key itself (a GatewayError: unknown token, no such workspace) is shared. If the
+        leading call was cancelled (its request failed validation elsewhere and Litestar cancelled its other
+        dependencies) or failed for a reason of its own (its request's session), the waiters do not inherit
+        that: one of them loads again, with its own ``load``.
+        """
         # The futures are dropped from every frame before leaving it: a failure's traceback references these
         # frames, and a future -> exception -> traceback -> frame -> future cycle would keep the loader's
         # database session (and its pooled connection) alive until the garbage collector runs.
-        pending = self._inflight.get(key)
-        if pending is not None:
+        while (pending := self._inflight.get(key)) is not None:
             try:
                 result: T = await asyncio.shield(pending)
                 return result
+            except GatewayError:
+                raise
+            except BaseException:
+                if not pending.done() or _own_cancellation():
+                    raise  # this caller was cancelled while waiting
+                # the leader's own failure: try again (as the new leader, or behind one)
             finally:
                 del pending
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -82,8 +95,11 @@ class AccessCache:
         try:
             value = await load()
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so an unwaited failure is not reported as lost
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved here, so an unwaited failure is not reported as lost
             raise
         else:
             future.set_result(value)
@@ -91,6 +107,11 @@ class AccessCache:
         finally:
             del self._inflight[key], future
 
+
+def _own_cancellation() -> bool:
+    """Whether the running task has been asked to stop (as opposed to a shared future having been cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 ACCESS_CACHE = AccessCache()
 
