@@ -76,11 +76,11 @@ def create_app(
         exclude=[r"^/(?!api/v1/auth/tokens/?$)."],
         check_throttle_handler=lambda request: request.method == "POST" and request.url.path.startswith(LOGIN_PATH),
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, login_throttle.middleware],
+        middleware=[login_throttle.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "database": db, "jobs": JobService(db, slurm, settings)}),
         request_max_body_size=settings.max_body_bytes,
@@ -99,3 +99,8 @@ def create_app(
             ),
         ),
     )
+    # Around the whole application, not as route middleware: the router's own answers (unknown path 404, 405)
+    # and refusals raised by route middleware (the login throttle's 429) are rendered by Litestar's outermost
+    # exception handler, which route middleware never sees; they too get a request id, a log line and a count.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app

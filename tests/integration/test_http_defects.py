@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
+import msgspec
+import pytest
+import structlog.testing
 
 from gateway.access_cache import ACCESS_CACHE
-from tests.conftest import UserFactory
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.db.session import Database
+from tests.conftest import UserFactory, asgi_client
 
 WS = "/api/v1/workspaces/neighbours"
 
@@ -26,3 +33,48 @@ async def test_a_failed_request_never_fails_its_neighbours_on_a_cold_cache(
         responses = await asyncio.gather(bad, *good)
         assert responses[0].status_code == 400
         assert [r.status_code for r in responses[1:]] == [200] * 6, [r.text for r in responses[1:]]
+
+
+def _count(metrics: str, method: str, path: str, status: int) -> float:
+    label = f'remotegpu_requests_total{{method="{method}",path="{path}",status_code="{status}"}}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(label))
+
+
+async def test_throttled_logins_are_counted_as_429_and_carry_a_request_id(
+    settings: Settings, clean_database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    app = create_app(msgspec.structs.replace(settings, login_attempts_per_minute=1), database=clean_database)
+    async with asgi_client(app) as c:
+        before = (await c.get("/metrics")).text
+        login = {"username": "nobody", "password": "guess-guess"}
+        assert (await c.post("/api/v1/auth/tokens", json=login)).status_code == 401
+        with structlog.testing.capture_logs() as logged:
+            throttled = await c.post("/api/v1/auth/tokens", json=login, headers={"X-Request-ID": "throttled-1"})
+        assert throttled.status_code == 429
+        assert throttled.headers["x-request-id"] == "throttled-1"
+        assert throttled.json()["request_id"] == "throttled-1"
+        after = (await c.get("/metrics")).text
+    assert _count(after, "POST", "/api/v1/auth/tokens", 429) == _count(before, "POST", "/api/v1/auth/tokens", 429) + 1
+    assert _count(after, "POST", "/api/v1/auth/tokens", 500) == _count(before, "POST", "/api/v1/auth/tokens", 500)
+    assert [entry["status"] for entry in logged if entry["event"] == "request"] == [429]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/no/such/path", 404),
+        ("DELETE", "/healthz", 405),
+        ("PUT", "/api/v1/workspaces", 405),
+    ],
+)
+async def test_router_answers_carry_a_request_id_and_are_counted(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    r = await client.request(method, path, headers={"X-Request-ID": f"router-{status}"})
+    assert r.status_code == status
+    assert r.headers["x-request-id"] == f"router-{status}"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["request_id"] == f"router-{status}"
+    metrics = (await client.get("/metrics")).text
+    assert _count(metrics, method, "<unmatched>", status) >= 1  # no route matched: no template to name
