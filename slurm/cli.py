@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Literal
 
+from slurm import environment
 from slurm.client import Submission
 from slurm.dialects import Dialect, for_version
 from slurm.dialects.parsable import ASSOCIATION_FIELDS
@@ -95,8 +97,15 @@ class CliSlurmClient:
         self.timeout = timeout
         self.dialect: Dialect = for_version(version)
         self._pool = ThreadPoolExecutor(max_workers=max_commands, thread_name_prefix="slurm-command")
+        self._sbatch: str | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
+
+    def _sbatch_path(self) -> str:
+        """sbatch's absolute path: it is exec'd in the submitter's environment, whose PATH is theirs."""
+        if self._sbatch is None:
+            self._sbatch = shutil.which("sbatch", path=_BASE_PATH) or "/usr/bin/sbatch"
+        return self._sbatch
 
     def _env(self) -> dict[str, str]:
         return command_env(self.slurm_conf)
@@ -120,8 +129,12 @@ class CliSlurmClient:
         stdin: bytes | None = None,
         cwd: str | None = None,
         submit: bool = False,
+        label: str | None = None,
     ) -> str:
-        """Run a Slurm command (as ``user`` when given) and return its stdout; failures become SlurmErrors."""
+        """Run a Slurm command (as ``user`` when given) and return its stdout; failures become SlurmErrors.
+
+        ``label`` names the command in errors where ``argv[0]`` is a wrapper (the environment's reader)."""
+        name = label or argv[0]
         env = self._env()
         command = list(argv)
         if user is not None:
@@ -143,12 +156,12 @@ class CliSlurmClient:
         try:
             done = await asyncio.get_running_loop().run_in_executor(self._pool, run)
         except subprocess.TimeoutExpired as exc:
-            raise SlurmUnavailable(f"{argv[0]} did not answer within {self.timeout:.0f} s", command=argv[0]) from exc
+            raise SlurmUnavailable(f"{name} did not answer within {self.timeout:.0f} s", command=name) from exc
         except OSError as exc:
-            raise SlurmError(f"cannot run {command[0]}: {exc.strerror}", command=argv[0]) from exc
+            raise SlurmError(f"cannot run {command[0]}: {exc.strerror}", command=name) from exc
         out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
         if done.returncode != 0:
-            raise classify(err or out, command=argv[0], submit=submit)
+            raise classify(err or out, command=name, submit=submit)
         return out
 
     async def command(self, argv: Sequence[str]) -> str:
@@ -173,7 +186,13 @@ class CliSlurmClient:
         argv = ["sbatch", "--parsable", f"--account={submission.account}", f"--chdir={submission.work_dir}"]
         for name, value in submission.options.items():
             argv.append(f"--{name}" if value is None else f"--{name}={value}")
-        out = await self._run(argv, user=submission.user, stdin=submission.script.encode(), cwd="/", submit=True)
+        stdin = submission.script.encode()
+        if submission.environment is not None:
+            # sbatch runs in the submitter's environment, read from stdin by bash as the user (slurm.environment)
+            forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
+            stdin = environment.block(submission.environment, forced) + stdin
+            argv = ["/bin/bash", "-c", environment.READER, self._sbatch_path(), *argv[1:]]
+        out = await self._run(argv, user=submission.user, stdin=stdin, cwd="/", submit=True, label="sbatch")
         # --parsable prints "jobid" or "jobid;cluster"
         return int(out.strip().split(";", 1)[0])
 

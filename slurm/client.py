@@ -20,6 +20,8 @@ class Submission(msgspec.Struct, frozen=True, kw_only=True):
     work_dir: str
     options: Mapping[str, str | None] = msgspec.field(default_factory=dict)
     """e.g. ``{"comment": "rgpu:42", "partition": "gpu", "hold": None}`` (None: a flag)."""
+    environment: Mapping[str, str] | None = None
+    """The submitter's environment (:mod:`slurm.environment`), sbatch's own; None: the gateway's minimal one."""
 
 
 class SlurmClient(Protocol):

@@ -58,6 +58,7 @@ from slurm.cli import SBATCH_OPTIONS, CliSlurmClient, command_env, login_env, po
 from slurm.client import Submission
 from slurm.dialects import Dialect, for_version
 from slurm.directives import OPTIONS, DirectiveError, script_directives
+from slurm.environment import submitted
 from slurm.errors import SlurmError, SlurmUnavailable, SubmitRejected, classify
 from slurm.records import AccountingRecord, Association, Job
 from slurm.tokens import ScontrolTokens, SignedTokens, TokenCache
@@ -160,9 +161,9 @@ def submit_environment(
     """
     own = {
         "SLURM_PRIO_PROCESS": str(host.priority),
-        "SLURM_SUBMIT_DIR": "/",  # the CLI backend runs sbatch in /
+        "SLURM_SUBMIT_DIR": base.get("PWD", "/"),  # the CLI backend runs sbatch in the submitter's PWD, or /
         "SLURM_SUBMIT_HOST": host.hostname,
-        **({"SLURM_UMASK": f"{host.umask:04o}"} if host.umask is not None else {}),
+        **({"SLURM_UMASK": f"{host.umask:04o}"} if host.umask is not None and "SLURM_UMASK" not in base else {}),
         **{f"SLURM_RLIMIT_{name}": str(value) for name, value in host.rlimits.items()},
         **(job or {}),
     }
@@ -444,6 +445,9 @@ class RestSlurmClient:
         options = sbatch_options(submission)
         login = login_env(posix_user(submission.user, command="slurmrestd"))
         base = {**command_env(self.slurm_conf), **login}
+        if submission.environment is not None:  # sbatch's environment is the submitter's (slurm.environment)
+            forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
+            base = {**submitted(submission.environment), **forced}
         environment = submit_environment(base, options.get("export"), self.submit_host, sbatch_job_env(options))
         body = {"script": submission.script, "job": job_description(options, environment)}
         reply = await self._send("POST", f"{_SLURM}/job/submit", user=submission.user, body=body)
