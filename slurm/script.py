@@ -32,6 +32,16 @@ ContainerRuntime = Literal["pyxis", "apptainer"]
 _SIMPLE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 _GPU_TYPE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 _COMMENT = re.compile(r"^[A-Za-z0-9_.:@+=/-]{1,256}$")
+_GRES = re.compile(r"^[a-z][a-z0-9_.-]{0,31}(:[A-Za-z0-9_.-]{1,32})?(:\d{1,9})?$")
+_HOSTS = re.compile(r"^[A-Za-z0-9_.,\[\]/-]{1,4096}$")
+_TIME_SPEC = re.compile(r"^[A-Za-z0-9:+_-]{1,64}$")
+"""``--begin``/``--deadline``: ``now+1hour``, ``2026-01-02T10:00``, ``16:00``, ``midnight``... (Slurm parses)."""
+_MAIL_USER = re.compile(r"^[A-Za-z0-9._%+-]{1,128}(@[A-Za-z0-9.-]{1,253})?$")
+_SIGNAL = re.compile(r"^((R|B|RB|BR):)?(SIG)?[A-Z0-9]{1,10}(@\d{1,5})?$")
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.&|*\[\]()!:,-]{1,1024}$")
+_GPU_BIND = re.compile(r"^[A-Za-z0-9_:,.]{1,256}$")
+_DISTRIBUTION = re.compile(r"^[A-Za-z0-9*:,=]{1,64}$")
+_LICENSES = re.compile(r"^[A-Za-z0-9_.:@,|-]{1,1024}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = re.compile(
     r"^(SLURM_|SLURMD_|GEMINI_|REMOTEGPU_)|^(MASTER_ADDR|MASTER_PORT|NNODES|NPROC_PER_NODE|NODE_RANK)$"
@@ -60,9 +70,14 @@ class ScriptError(ValueError):
 
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+GpuCount = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+MailType = Literal[
+    "NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT",
+    "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS",
+]  # fmt: skip
 
 
-class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
+class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str
     command: list[str] | None = None
     """argv of the program to run; or ``script``, a bash script body."""
@@ -71,10 +86,23 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     """Arguments given to ``script`` (like ``sbatch script.sh ARGS``)."""
     nodes: PositiveInt | None = None
     """None: Slurm's default (one node), and no --nodes line, exactly as sbatch without -N."""
+    max_nodes: PositiveInt | None = None
+    """``-N nodes-max_nodes``: a range of node counts."""
     ntasks: PositiveInt | None = None
     ntasks_per_node: PositiveInt | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Per node: ``--gres=gpu[:type]:N`` (sbatch's ``--gpus-per-node`` makes the same job)."""
     gpu_type: str | None = None
+    """The type of every GPU form given (``a100`` in ``--gpus=a100:2``); None: any."""
+    gpus: GpuCount | None = None
+    """Per job: ``-G/--gpus``."""
+    gpus_per_task: GpuCount | None = None
+    cpus_per_gpu: PositiveInt | None = None
+    mem_per_gpu_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
+    ntasks_per_gpu: PositiveInt | None = None
+    gpu_bind: str | None = None
+    gres: list[str] = msgspec.field(default_factory=list)
+    """Generic resources other than GPUs, as ``--gres`` items (``name[:type][:count]``)."""
     cpus_per_task: PositiveInt | None = None
     mem_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
@@ -98,7 +126,28 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     dependency: str | None = None
     hold: bool = False
     comment: str | None = None
-    """The gateway's id for the job (``--comment``), how a crash-orphaned job is found again."""
+    """The user's ``--comment``. The gateway's own id goes ahead of it in the Slurm job's comment
+    (``rgpu:<instance>:<id> <comment>``, gateway.jobs.origin), passed on sbatch's command line."""
+    mail_type: list[MailType] = msgspec.field(default_factory=list)
+    mail_user: str | None = None
+    exclusive: Literal["node", "user", "mcs"] | None = None
+    """``--exclusive`` (node), ``--exclusive=user|mcs``."""
+    constraint: str | None = None
+    signal: str | None = None
+    requeue: bool | None = None
+    """``--requeue`` / ``--no-requeue``; None: the cluster's default."""
+    open_mode: Literal["append", "truncate"] | None = None
+    nodelist: str | None = None
+    exclude: str | None = None
+    begin: str | None = None
+    deadline: str | None = None
+    time_min_minutes: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIME_MINUTES)] | None = None
+    reservation: str | None = None
+    nice: Annotated[int, msgspec.Meta(ge=-2147483645, le=2147483645)] | None = None
+    wckey: str | None = None
+    distribution: str | None = None
+    licenses: str | None = None
+    kill_on_invalid_dep: bool | None = None
     image: str | None = None
     launch: Literal["none", "torchrun"] = "none"
     nproc_per_node: PositiveInt | None = None
@@ -200,14 +249,46 @@ def _check_types(spec: JobSpec) -> None:
         raise ScriptError(match[1] if match else "spec", message) from None
 
 
+def _check_gpus(spec: JobSpec) -> None:
+    """Resources sbatch would refuse together, refused with sbatch's words."""
+    given = [f for f in ("mem_mib", "mem_per_cpu_mib", "mem_per_gpu_mib") if getattr(spec, f) is not None]
+    if len(given) > 1:
+        raise ScriptError(given[-1], "--mem, --mem-per-cpu, and --mem-per-gpu are mutually exclusive.")
+    if spec.gpus_per_task is not None and spec.gpus is None and spec.ntasks is None:
+        raise ScriptError("gpus_per_task", "--gpus-per-task used without either --gpus or -n/--ntasks is not allowed.")
+    if spec.max_nodes is not None and spec.max_nodes < (spec.nodes or 1):
+        raise ScriptError("max_nodes", "the maximum node count is below the minimum")
+    for i, item in enumerate(spec.gres):
+        if not _GRES.fullmatch(item) or item.split(":", 1)[0] == "gpu":
+            raise ScriptError(f"gres[{i}]", "use name[:type][:count] for resources other than GPUs")
+
+
+def _check_options(spec: JobSpec) -> None:
+    for field in ("reservation", "wckey"):
+        _simple(field, getattr(spec, field))
+    checks: list[tuple[str, re.Pattern[str], str]] = [
+        ("mail_user", _MAIL_USER, "not a mail address"),
+        ("constraint", _CONSTRAINT, "use sbatch's syntax, e.g. a100&ib or [rack1|rack2]"),
+        ("signal", _SIGNAL, "use [R|B:]SIGNAL[@seconds], e.g. B:USR1@60"),
+        ("nodelist", _HOSTS, "use a host list, e.g. n[1-4],n7"),
+        ("exclude", _HOSTS, "use a host list, e.g. n[1-4],n7"),
+        ("begin", _TIME_SPEC, "use sbatch's syntax, e.g. now+1hour or 2026-01-02T10:00"),
+        ("deadline", _TIME_SPEC, "use sbatch's syntax, e.g. now+1day or 2026-01-02T10:00"),
+        ("gpu_bind", _GPU_BIND, "use sbatch's syntax, e.g. closest or map_gpu:0,1"),
+        ("distribution", _DISTRIBUTION, "use sbatch's syntax, e.g. block:cyclic"),
+        ("licenses", _LICENSES, "use sbatch's syntax, e.g. matlab:2,ansys@db:1"),
+    ]
+    for field, pattern, hint in checks:
+        _check_pattern(field, getattr(spec, field), pattern, hint)
+
+
 def validate(spec: JobSpec) -> None:
     """Raise ScriptError naming the first field that cannot be rendered safely."""
     _check_types(spec)
     for field in ("name", "partition", "qos", "account"):
         _simple(field, getattr(spec, field))
     _check_command(spec)
-    if spec.mem_mib is not None and spec.mem_per_cpu_mib is not None:
-        raise ScriptError("mem_per_cpu_mib", "give mem or mem per CPU, not both")
+    _check_gpus(spec)
     _check_pattern("gpu_type", spec.gpu_type, _GPU_TYPE, "use lowercase letters, digits, '_', '.', '-'")
     _check_env(spec.env)
     _check_paths(spec)
@@ -219,6 +300,7 @@ def validate(spec: JobSpec) -> None:
             raise ScriptError("array", f"{exc}: ranges run upwards, steps are at least 1") from None
     _check_pattern("dependency", spec.dependency, _DEPENDENCY, "use sbatch's syntax, e.g. afterok:123 or singleton")
     _check_pattern("comment", spec.comment, _COMMENT, "use 1-256 letters, digits and '_ . : @ + = / -'")
+    _check_options(spec)
     _check_pattern("image", spec.image, _IMAGE, "not a valid image reference")
 
 
@@ -228,21 +310,43 @@ def validate(spec: JobSpec) -> None:
 def directives(spec: JobSpec) -> list[str]:
     """``#SBATCH`` lines. Every value here was validated against a character allow-list."""
     ntasks_per_node = spec.ntasks_per_node or (1 if spec.launch == "torchrun" else None)
-    gres = None
-    if spec.gpus_per_node:
-        gres = f"gpu:{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else f"gpu:{spec.gpus_per_node}"
-    lines = [f"--{option}={value}" for option, value in _directive_values(spec, ntasks_per_node, gres) if value]
-    lines += ["--hold"] if spec.hold else []
+    gres = [_typed("gpu:", spec.gpu_type, spec.gpus_per_node)] if spec.gpus_per_node else []
+    values = _directive_values(spec, ntasks_per_node, ",".join(gres + spec.gres) or None)
+    lines = [f"--{option}={value}" for option, value in values if value is not None and value != ""]
+    flags = {
+        "hold": spec.hold,
+        "exclusive": spec.exclusive == "node",
+        "requeue": spec.requeue is True,
+        "no-requeue": spec.requeue is False,
+    }
+    lines += [f"--{flag}" for flag, given in flags.items() if given]
     return [f"#SBATCH {line}" for line in lines]
+
+
+def _typed(prefix: str, gpu_type: str | None, count: int | None) -> str | None:
+    """``[type:]count`` (with a prefix: ``gpu:a100:2``)."""
+    if count is None:
+        return None
+    return f"{prefix}{gpu_type}:{count}" if gpu_type else f"{prefix}{count}"
+
+
+def _yes_no(value: bool | None) -> str | None:
+    return None if value is None else ("yes" if value else "no")
 
 
 def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | None) -> list[tuple[str, object]]:
     return [
         ("job-name", spec.name),
-        ("nodes", spec.nodes),
+        ("nodes", f"{spec.nodes or 1}-{spec.max_nodes}" if spec.max_nodes else spec.nodes),
         ("ntasks", spec.ntasks),
         ("ntasks-per-node", ntasks_per_node),
         ("gres", gres),
+        ("gpus", _typed("", spec.gpu_type, spec.gpus)),
+        ("gpus-per-task", _typed("", spec.gpu_type, spec.gpus_per_task)),
+        ("cpus-per-gpu", spec.cpus_per_gpu),
+        ("mem-per-gpu", f"{spec.mem_per_gpu_mib}M" if spec.mem_per_gpu_mib else None),
+        ("ntasks-per-gpu", spec.ntasks_per_gpu),
+        ("gpu-bind", spec.gpu_bind),
         ("cpus-per-task", spec.cpus_per_task),
         ("mem", f"{spec.mem_mib}M" if spec.mem_mib else None),
         ("mem-per-cpu", f"{spec.mem_per_cpu_mib}M" if spec.mem_per_cpu_mib else None),
@@ -256,6 +360,23 @@ def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | No
         ("array", spec.array),
         ("dependency", spec.dependency),
         ("comment", spec.comment),
+        ("mail-type", ",".join(spec.mail_type)),
+        ("mail-user", spec.mail_user),
+        ("exclusive", spec.exclusive if spec.exclusive in ("user", "mcs") else None),
+        ("constraint", spec.constraint),
+        ("signal", spec.signal),
+        ("open-mode", spec.open_mode),
+        ("nodelist", spec.nodelist),
+        ("exclude", spec.exclude),
+        ("begin", spec.begin),
+        ("deadline", spec.deadline),
+        ("time-min", spec.time_min_minutes),
+        ("reservation", spec.reservation),
+        ("nice", spec.nice),
+        ("wckey", spec.wckey),
+        ("distribution", spec.distribution),
+        ("licenses", spec.licenses),
+        ("kill-on-invalid-dep", _yes_no(spec.kill_on_invalid_dep)),
     ]
 
 
