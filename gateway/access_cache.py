@@ -113,6 +113,7 @@ def _own_cancellation() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
+
 ACCESS_CACHE = AccessCache()
 
 
