@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from slurm import environment
 from slurm.arrays import task_ids
 
 MAX_SCRIPT_BYTES = 1024 * 1024
@@ -112,6 +113,11 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     account: str | None = None
     """None: no ``--account`` line (the gateway passes the workspace's account to sbatch itself)."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Variables the script sets for the program (whatever ``export`` says)."""
+    environment: dict[str, str] | None = None
+    """The submitter's environment, sbatch's own (slurm.environment); None: the gateway's minimal one."""
+    export: str | None = None
+    """sbatch's ``--export`` (``ALL``, ``NONE``, ``[ALL,]NAME[=value],...``), applied to ``environment``."""
     datasets: list[str] = msgspec.field(default_factory=list)
     """Up to 3 absolute paths, mounted read-only at /gemini/data-1..3."""
     models: list[str] = msgspec.field(default_factory=list)
@@ -218,6 +224,15 @@ def _check_env(env: dict[str, str]) -> None:
         _clean_text(f"env.{key}", value)
 
 
+def _check_environment(spec: JobSpec) -> None:
+    try:
+        if spec.environment is not None:
+            environment.check(spec.environment)
+        environment.check_export(spec.export)
+    except environment.EnvironmentRefused as exc:
+        raise ScriptError(exc.field, exc.message) from None
+
+
 def _check_paths(spec: JobSpec) -> None:
     for field, paths in (("datasets", spec.datasets), ("models", spec.models)):
         if len(paths) > MAX_MOUNTS:
@@ -291,6 +306,7 @@ def validate(spec: JobSpec) -> None:
     _check_gpus(spec)
     _check_pattern("gpu_type", spec.gpu_type, _GPU_TYPE, "use lowercase letters, digits, '_', '.', '-'")
     _check_env(spec.env)
+    _check_environment(spec)
     _check_paths(spec)
     _check_pattern("array", spec.array, _ARRAY, "use sbatch's syntax, e.g. 0-15 or 1,3,5%2")
     if spec.array is not None:

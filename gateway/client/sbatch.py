@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
 
 from slurm.directives import DirectiveError, Options, memory, minutes, parse
+from slurm.environment import crossing, submitted
 
 _GPU = re.compile(r"^gpu(?::(?P<type>[a-z0-9_.-]+))?(?::(?P<count>\d+))?$")
 _TYPED_COUNT = re.compile(r"^(?:(?P<type>[a-z0-9_.-]+):)?(?P<count>\d+)$")
@@ -44,18 +45,48 @@ def _gpus(options: Options, nodes: int) -> tuple[int, str | None]:
     return 0, None
 
 
-def _export(value: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """``ALL``/``NONE`` plus ``VAR`` (taken from here) or ``VAR=value`` entries."""
-    env: dict[str, str] = {}
-    for item in (value or "ALL").split(","):
-        if item in ("ALL", "NONE", ""):
-            continue
-        name, eq, val = item.partition("=")
-        if eq:
-            env[name] = val
-        elif name in environ:
-            env[name] = environ[name]
-    return env
+def _environment(
+    options: Options, environ: Mapping[str, str], read_file: Callable[[str], bytes] | None
+) -> dict[str, Any]:
+    """The submitter's environment and ``--export`` (applied by sbatch), with ``--export-file``'s variables.
+
+    sbatch merges an export file's ``NAME=value`` entries (NUL-separated) into the job's environment after
+    ``--export``: here they join the environment sent, and their names an ``--export`` list.
+    """
+    export = options.get("export")
+    export = export if isinstance(export, str) else None
+    env = submitted(environ)
+    if (umask := _umask()) is not None:
+        env.setdefault("SLURM_UMASK", f"{umask:04o}")  # sbatch records the submitter's umask; ours is not theirs
+    if isinstance(path := options.get("export-file"), str):
+        if read_file is None:
+            raise DirectiveError("--export-file: no file can be read here")
+        source = f"/dev/fd/{path}" if path.isdigit() else path
+        try:
+            entries = read_file(source).split(b"\x00")
+        except OSError as exc:
+            raise DirectiveError(f"--export-file={path}: {exc.strerror}") from None
+        listed = dict(e.decode(errors="replace").split("=", 1) for e in entries if b"=" in e)
+        names = [name for name in listed if crossing(name)]
+        env.update({name: listed[name] for name in names})
+        if export is not None and export.upper() == "NONE" and names:
+            raise DirectiveError("--export=NONE with --export-file: not supported here")
+        if export is not None and export.upper() != "ALL" and names:
+            export = ",".join([export, *names])
+    body: dict[str, Any] = {"environment": env}
+    if export is not None:
+        body["export"] = export
+    return body
+
+
+def _umask() -> int | None:
+    """The process's umask without changing it (Linux's /proc), as sbatch reads it."""
+    try:
+        with Path("/proc/self/status").open() as status:
+            line = next((x for x in status if x.startswith("Umask:")), None)
+    except OSError:
+        return None
+    return int(line.split(":", 1)[1], 8) if line else None
 
 
 class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,9 +102,16 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def job_request(
-    script_path: str, script: str, argv: Sequence[str], *, cwd: str, environ: Mapping[str, str]
+    script_path: str,
+    script: str,
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    environ: Mapping[str, str],
+    read_file: Callable[[str], bytes] | None = None,
 ) -> JobRequest:
-    """sbatch options and ``#SBATCH`` directives -> the API request (pure: reads no file, calls nothing)."""
+    """sbatch options and ``#SBATCH`` directives -> the API request (reads only what ``read_file`` reads:
+    ``--export-file``)."""
     options, script_args = parse(script, argv)
     nodes = _int(options, "nodes")
     gpus_per_node, gpu_type = _gpus(options, nodes or 1)
@@ -82,7 +120,7 @@ def job_request(
         "script": script,
         "script_args": script_args,
         "gpus_per_node": gpus_per_node,
-        "env": _export(export if isinstance(export := options.get("export"), str) else None, environ),
+        **_environment(options, environ, read_file),
         "hold": "hold" in options,
     }
     if nodes is not None:

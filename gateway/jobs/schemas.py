@@ -35,6 +35,12 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     partition: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     qos: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     env: Annotated[dict[str, Text], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=dict)
+    """Variables the script sets for the program, whatever ``export`` says."""
+    environment: Annotated[dict[str, str], msgspec.Meta(max_length=4096)] | None = None
+    """The environment sbatch is run in, as if the user ran it (``remotegpu submit`` sends theirs); sbatch's
+    ``--export=ALL`` gives it to the job. What never crosses is dropped (see the README). None: a minimal one."""
+    export: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
+    """sbatch's ``--export``: ``ALL`` (default), ``NONE``, or ``[ALL,]NAME[=value],...``."""
     datasets: list[Text] = msgspec.field(default_factory=list)
     models: list[Text] = msgspec.field(default_factory=list)
     code_dir: Text | None = None

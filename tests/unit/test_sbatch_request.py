@@ -22,7 +22,8 @@ def test_job_request_mapping() -> None:
     assert body["name"] == "train" and body["nodes"] == 2 and body["gpus_per_node"] == 2 and body["gpu_type"] == "a100"
     assert body["cpus_per_task"] == 4 and body["mem_mib"] == 16384 and body["time_minutes"] == 1590
     assert body["partition"] == "gpu" and body["hold"] is True and body["stdout"] == "out-%j.txt"
-    assert body["env"] == {"LR": "0.1", "HOME": "/home/a"} and body["script_args"] == ["x"]
+    assert body["environment"]["HOME"] == "/home/a" and body["export"] == "ALL,LR=0.1,HOME"
+    assert body["script_args"] == ["x"]
     assert body["work_dir"] == "/home/a" and body["datasets"] == ["/data/imagenet"] and body["script"] == SCRIPT
 
 
