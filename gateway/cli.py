@@ -338,7 +338,12 @@ def submit(args: tuple[str, ...]) -> None:
         raise click.ClickException(f"cannot read {script_path}: {exc.strerror}") from exc
     try:
         request = job_request(
-            str(script_path), script, [*options, "--", *script_args], cwd=str(Path.cwd()), environ=os.environ
+            str(script_path),
+            script,
+            [*options, "--", *script_args],
+            cwd=str(Path.cwd()),
+            environ=os.environ,
+            read_file=lambda path: Path(path).read_bytes(),
         )
     except DirectiveError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "output": ("o", True),
     "error": ("e", True),
     "export": (None, True),
+    "export-file": (None, True),
     "chdir": ("D", True),
     "hold": ("H", False),
     # ours, for `remotegpu submit` (sbatch itself would refuse them)
