@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.cli_runner import UserCli
 from tests.integration.slurm.conftest import Gateway, PosixUserFactory, home_of
 
 SCRIPT = """#!/bin/bash
@@ -24,9 +25,10 @@ echo "hello $1 from $(id -un) gpu=$CUDA_VISIBLE_DEVICES"
 
 
 def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slurm_account: str) -> None:
-    url, cli = gateway.url, gateway.command
+    url = gateway.url
     user = posix_user()
     home = home_of(user)
+    cli = UserCli(user, home)  # the user's own CLI, as that POSIX user (operator commands stay gateway.command)
     root_token = gateway.token("root", admin=True)
     gateway.token(user)
     r = httpx.post(
@@ -52,12 +54,12 @@ def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slu
     assert job_id, submitted.stdout
 
     for _ in range(60):
-        assert cli("worker", "--once").returncode == 0
+        assert gateway.command("worker", "--once").returncode == 0
         listed = cli("jobs").stdout
         if "COMPLETED" in listed:
             break
         time.sleep(0.5)
-    assert job_id[1] in listed and "COMPLETED" in listed and "cli-e2e" in listed
+    assert job_id[1][:8] in listed and "COMPLETED" in listed and "cli-e2e" in listed
     logs = cli("logs", job_id[1])
     assert logs.stdout.strip() == f"hello --world from {user} gpu=0", logs.stderr
 
