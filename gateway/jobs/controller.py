@@ -66,8 +66,14 @@ class JobController(Controller):
         status: Annotated[str | None, QueryParameter(name="state", max_length=32)] = None,
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
         since: FromQuery[datetime | None] = None,
+        slurm_job_id: Annotated[int | None, QueryParameter(ge=1, description="the job with this Slurm id")] = None,
+        id_prefix: Annotated[
+            str | None, QueryParameter(pattern=whole(r"[0-9a-f]{4,32}"), description="jobs whose id starts so")
+        ] = None,
     ) -> Page[JobOut]:
-        rows, total = await jobs.list(access, page, state=status, user=user, since=since)
+        rows, total = await jobs.list(
+            access, page, state=status, user=user, since=since, slurm_job_id=slurm_job_id, id_prefix=id_prefix
+        )
         return Page([JobOut.of(job, job.owner_name) for job in rows], total, page.limit, page.offset)
 
     @get("/{job_id:str}")

@@ -51,6 +51,8 @@ from slurm.records import JobState
 from slurm.script import JobSpec, ScriptError, check_path, render
 
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
+LISTABLE_STATES = frozenset({s.value for s in JobState} | {SUBMITTING, SUBMIT_FAILED})
+"""What a job's ``state`` can be, the values the jobs list filters on."""
 JOBS: Table = TrainingJob.__table__  # type: ignore[assignment]
 JobView = TrainingJob | ListedJob | SimpleNamespace
 """A job as an ORM object, a listed row or the values just written (a submission): all read the same."""
@@ -251,15 +253,23 @@ class JobService:
         state: str | None = None,
         user: str | None = None,
         since: object = None,
+        slurm_job_id: int | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[list[ListedJob], int | None]:
         """One page of jobs, newest first, with their owners' names, and how many match in all.
 
         Rows of plain columns, not ORM objects (a list of 50 costs a third as much), and never the scripts.
+        ``slurm_job_id`` and ``id_prefix`` find the job a user names by its Slurm id or a prefix of its id.
         """
         access.require(Role.MEMBER)
+        if state and state.upper() not in LISTABLE_STATES:
+            raise InvalidInput(f"unknown state {state!r}: one of {', '.join(sorted(LISTABLE_STATES))}", field="state")
         own_only = not _sees_all(access)
-        statements = _list_statements(own_only, bool(state), bool(user), since is not None)
+        lookups = (slurm_job_id is not None, id_prefix is not None)
+        statements = _list_statements(own_only, bool(state), bool(user), since is not None, *lookups)
         values = {
+            "slurm_job_id": slurm_job_id,
+            "id_prefix": f"{id_prefix}%",
             "ws": access.workspace.id,
             "me": access.actor.user_id,
             "state": (state or "").upper(),
@@ -360,7 +370,9 @@ def _update_job(job_id: str, values: dict[str, Any], change: StateChange | None,
 
 
 @cache
-def _list_statements(own_only: bool, state: bool, user: bool, since: bool) -> tuple[AnySelect, AnySelect]:
+def _list_statements(
+    own_only: bool, state: bool, user: bool, since: bool, slurm_job_id: bool = False, id_prefix: bool = False
+) -> tuple[AnySelect, AnySelect]:
     """The page and count statements for one combination of filters, with their values as parameters: built
     once, so that SQLAlchemy finds them in its compiled cache without working out their cache key again.
 
@@ -375,6 +387,10 @@ def _list_statements(own_only: bool, state: bool, user: bool, since: bool) -> tu
         where.append(JOBS.c.user_id == select(User.id).where(User.name == bindparam("user")).scalar_subquery())
     if since:
         where.append(JOBS.c.created_at >= bindparam("since", type_=UTCDateTime()))
+    if slurm_job_id:
+        where.append(JOBS.c.slurm_job_id == bindparam("slurm_job_id", type_=Integer()))
+    if id_prefix:  # hex only (checked by the controller): no LIKE wildcards in it but the trailing %
+        where.append(JOBS.c.id.like(bindparam("id_prefix")))
     count = count_query(select(JOBS.c.id).where(*where))
     page = (
         _LIST.add_columns(count.scalar_subquery().label("total"))
