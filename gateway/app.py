@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.middleware.rate_limit import RateLimitConfig
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusController
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
 
-from gateway import __version__
 from gateway.access_cache import ACCESS_CACHE
 from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
@@ -25,6 +24,7 @@ from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
 from gateway.jobs.service import JobService
 from gateway.observability import RequestContextMiddleware
+from gateway.openapi import docs_asset, openapi_config
 from gateway.slurm_client import make_slurm_client
 from gateway.users.controller import UserController
 from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
@@ -76,8 +76,10 @@ def create_app(
         exclude=[r"^/(?!api/v1/auth/tokens/?$)."],
         check_throttle_handler=lambda request: request.method == "POST" and request.url.path.startswith(LOGIN_PATH),
     )
+    allow: dict[str, str] = {}
     app = Litestar(
-        route_handlers=[healthz, readyz, MetricsController, *CONTROLLERS],
+        route_handlers=[healthz, readyz, MetricsController, docs_asset, *CONTROLLERS],
+        before_send=[partial(_complete_allow, allow)],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[login_throttle.middleware],
@@ -85,22 +87,20 @@ def create_app(
         state=State({"settings": settings, "database": db, "jobs": JobService(db, slurm, settings)}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
-        openapi_config=OpenAPIConfig(
-            title="RemoteGPU Gateway",
-            version=__version__,
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/"), ScalarRenderPlugin()],
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(
-                        type="http", scheme="bearer", description="token from POST /api/v1/auth/tokens"
-                    )
-                }
-            ),
-        ),
+        openapi_config=openapi_config(),
     )
     # Around the whole application, not as route middleware: the router's own answers (unknown path 404, 405)
     # and refusals raised by route middleware (the login throttle's 429) are rendered by Litestar's outermost
     # exception handler, which route middleware never sees; they too get a request id, a log line and a count.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    allow.update({r.path_format: ", ".join(sorted(r.methods)) for r in app.routes if isinstance(r, HTTPRoute)})
     return app
+
+
+async def _complete_allow(allow: dict[str, str], message: Message, scope: Scope) -> None:
+    """OPTIONS answers name every method of the path. (Litestar's OPTIONS handler keeps the methods of the first
+    controller that registered the path, e.g. ``POST`` but not ``GET`` for a list-and-create path.)"""
+    if message["type"] == "http.response.start" and scope.get("method") == "OPTIONS":
+        methods = allow.get(str(scope.get("path_template")))
+        if methods and message["status"] == 204:
+            MutableScopeHeaders.from_message(message)["allow"] = methods

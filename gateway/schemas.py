@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Generic, TypeVar
 
 import msgspec
 from litestar.params import PathParameter, QueryParameter
+
+from gateway.errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -68,6 +71,31 @@ Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 UserNameParam = Annotated[str, PathParameter(pattern=USERNAME_PATTERN, max_length=32)]
 SlugParam = Annotated[str, PathParameter(pattern=SLUG_PATTERN, max_length=32)]
 SlugQuery = Annotated[str | None, QueryParameter(pattern=SLUG_PATTERN, max_length=32)]
+
+RFC3339_PATTERN = whole(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
+InstantQuery = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=RFC3339_PATTERN,
+        max_length=40,
+        description="an RFC 3339 date-time with its offset, e.g. 2026-01-31T12:00:00Z",
+        schema_extra={"format": "date-time"},
+    ),
+]
+"""A date-time query parameter. Read as text and parsed by :func:`instant`: typed as ``datetime``, Litestar would
+also take a number (``since=0.5``) as seconds since 1970."""
+
+
+def instant(field: str, value: str | None) -> datetime | None:
+    """The value of an :data:`InstantQuery` parameter (already matched against its pattern)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInput(f"not a date-time: {exc}", field=field) from None
+    return parsed.astimezone(UTC)
+
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50

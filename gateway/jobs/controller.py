@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -9,7 +8,7 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
 from gateway.db.session import Database
@@ -20,7 +19,7 @@ from gateway.jobs.logs import LogUnreadable, open_owned, tail
 from gateway.jobs.logs import follow as follow_log
 from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut
 from gateway.jobs.service import JobService, has_finished
-from gateway.schemas import Page, whole
+from gateway.schemas import InstantQuery, Page, instant, whole
 from gateway.users.models import User
 from gateway.workspaces.controller import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
@@ -65,14 +64,20 @@ class JobController(Controller):
         # ``state`` is reserved by Litestar (the app state): the query parameter is read into ``status``.
         status: Annotated[str | None, QueryParameter(name="state", max_length=32)] = None,
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
-        since: FromQuery[datetime | None] = None,
+        since: InstantQuery = None,
         slurm_job_id: Annotated[int | None, QueryParameter(ge=1, description="the job with this Slurm id")] = None,
         id_prefix: Annotated[
             str | None, QueryParameter(pattern=whole(r"[0-9a-f]{4,32}"), description="jobs whose id starts so")
         ] = None,
     ) -> Page[JobOut]:
         rows, total = await jobs.list(
-            access, page, state=status, user=user, since=since, slurm_job_id=slurm_job_id, id_prefix=id_prefix
+            access,
+            page,
+            state=status,
+            user=user,
+            since=instant("since", since),
+            slurm_job_id=slurm_job_id,
+            id_prefix=id_prefix,
         )
         return Page([JobOut.of(job, job.owner_name) for job in rows], total, page.limit, page.offset)
 
@@ -82,19 +87,20 @@ class JobController(Controller):
         owner = await db_session.get_one(User, job.user_id)
         return JobOut.of(job, owner.name)
 
-    @post("/{job_id:str}/{action:str}", status_code=202)
-    async def control(
-        self,
-        db_session: DbSession,
-        access: Access,
-        jobs: Jobs,
-        job_id: JobId,
-        action: Annotated[str, PathParameter(pattern=whole(r"(cancel|hold|release)"))],
-    ) -> JobOut:
-        """cancel, hold or release; the state follows once the poller has seen Slurm act."""
-        job = await jobs.control(db_session, access, job_id, action)
-        owner = await db_session.get_one(User, job.user_id)
-        return JobOut.of(job, owner.name)
+    @post("/{job_id:str}/cancel", status_code=202, operation_id="cancelJob", summary="Cancel a job")
+    async def cancel(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
+        """``scancel`` as the job's owner; its state follows once the poller has seen Slurm act."""
+        return await _control(db_session, access, jobs, job_id, "cancel")
+
+    @post("/{job_id:str}/hold", status_code=202, operation_id="holdJob", summary="Hold a pending job")
+    async def hold(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
+        """``scontrol hold``: the job stays pending until released."""
+        return await _control(db_session, access, jobs, job_id, "hold")
+
+    @post("/{job_id:str}/release", status_code=202, operation_id="releaseJob", summary="Release a held job")
+    async def release(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
+        """``scontrol release``: a held job may be scheduled again."""
+        return await _control(db_session, access, jobs, job_id, "release")
 
     @get("/{job_id:str}/events")
     async def events(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> list[JobEventOut]:
@@ -143,3 +149,9 @@ class JobController(Controller):
             media_type="text/plain; charset=utf-8",
             headers={"X-Log-Path": quote(source.path), "Cache-Control": "no-store"},
         )
+
+
+async def _control(db_session: DbSession, access: Access, jobs: JobService, job_id: str, action: str) -> JobOut:
+    job = await jobs.control(db_session, access, job_id, action)
+    owner = await db_session.get_one(User, job.user_id)
+    return JobOut.of(job, owner.name)
