@@ -1,156 +1,436 @@
 """A script that works with sbatch works with ``remotegpu submit`` and makes the same Slurm job.
 
-Each script of a small corpus of real-world shapes is submitted twice, held: once with raw ``sbatch`` as the
-user, once through the gateway (the CLI's translation, then the API). ``scontrol show job`` must agree.
+The corpus (``corpus/*.sbatch``, one real-world script a file, each saying where it came from and what was
+adapted) is submitted twice, held, by a throw-away POSIX user from the same directory and the same environment:
+once with raw ``sbatch``, once with the real CLI, ``remotegpu submit``, run as that user against a real
+``remotegpu serve`` (one per Slurm backend: ``cli`` and ``rest``). ``scontrol show job`` must agree on every
+field the submission determines (all of them but :data:`NOT_COMPARED`). For the scripts marked
+``# parity: env``, both jobs are released as well and each writes ``env`` to a file: those must agree too (but
+for :data:`ENV_NOT_COMPARED`).
+
+A corpus file may carry, in its leading comments, ``# sbatch-args: ARGS`` (command-line options given to both
+submissions before the script, as the source ran it) and ``@DEPENDENCY@`` (replaced by the id of a held job
+submitted first, for scripts that depend on one).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import pwd
 import re
-from collections.abc import AsyncIterator
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
-from gateway.app import create_app
-from gateway.client.sbatch import job_request
-from gateway.config import Settings
-from gateway.db.session import Database
-from slurm.cli import CliSlurmClient
-from tests.conftest import UserFactory, asgi_client
-from tests.integration.slurm.conftest import Cluster, PosixUserFactory, home_of
+from tests.integration.slurm.conftest import REMOTEGPU, Cluster, Gateway, PosixUserFactory, free_port, home_of
 
+REPO = Path(__file__).resolve().parents[3]
+CORPUS_DIR = Path(__file__).with_name("corpus")
+SCRIPTS = {path.stem: path.read_text() for path in sorted(CORPUS_DIR.glob("*.sbatch"))}
+
+# Shapes the SlurmClient contract test (test_client_contract.py) submits through both backends.
 CORPUS = {
-    "single-gpu": """#!/bin/bash
-#SBATCH --job-name=resnet50
-#SBATCH --gres=gpu:a100:1
-#SBATCH --cpus-per-task=2
-#SBATCH --mem=4G
-#SBATCH --time=02:00:00
-#SBATCH --output=train-%j.log
-python3 train.py --epochs 90
-""",
-    "multi-node": """#!/bin/bash
-#SBATCH -J ddp -N 2 --ntasks-per-node=1
-#SBATCH --gpus-per-node=a100:2
-#SBATCH -c 1 --mem-per-cpu=512M
-#SBATCH -t 1-00:00
-#SBATCH -p gpu
-srun python3 train.py
-""",
-    "array": """#!/bin/bash
-#SBATCH --job-name=sweep
-#SBATCH --array=0-3%2
-#SBATCH --ntasks=1
-#SBATCH --time=30
-#SBATCH -o sweep-%A_%a.out
-#SBATCH -e sweep-%A_%a.err
-echo task $SLURM_ARRAY_TASK_ID
-""",
-    "cpu-only-debug": """#!/bin/sh
-#SBATCH --partition=debug
-#SBATCH --ntasks=2
-#SBATCH --mem=1024
-#SBATCH --time=5:00
-#SBATCH --dependency=singleton
-hostname
-""",
+    name: SCRIPTS[name]
+    for name in (
+        "quarkmeson-single-gpu",
+        "pytorch-ddp-tutorial-multinode",
+        "amarel-array-throttled",
+        "hpcc-test-job-cpu",
+    )
 }
-FIELDS = [
-    "JobName",
-    "Partition",
-    "NumNodes",
-    "NumTasks",
-    "NumCPUs",
-    "CPUs/Task",
-    "TimeLimit",
-    "ReqTRES",
-    "TresPerNode",
-    "MinMemoryCPU",
-    "MinMemoryNode",
-    "ArrayTaskId",
-    "Dependency",
-    "StdOut",
-    "StdErr",
-    "Account",
-    "UserId",
-    "WorkDir",
-]
+
+NOT_COMPARED = {
+    "JobId": "the job's own id",
+    "ArrayJobId": "the job's own id",
+    "Command": "raw sbatch names the user's file; the gateway submits the script it rendered around it",
+    "SubmitTime": "when it was submitted",
+    "AccrueTime": "when it was submitted",
+    "LastSchedEval": "when the scheduler last looked",
+    "RunTime": "not started",
+    "AllocNode:Sid": "the submitting process: sbatch's, or the gateway's sbatch / slurmrestd",
+    "NodeList": "not allocated (held)",
+    "BatchHost": "not allocated (held)",
+    "SuspendTime": "not started",
+    "SecsPreSuspend": "not started",
+}
+TIMES = ("EligibleTime", "StartTime", "EndTime", "Deadline", "PreemptEligibleTime")
+"""Compared to within a few seconds: ``--begin=now+1hour`` resolves at each submission's own second."""
+TIME_SLACK_SECONDS = 10
+
+ENV_NOT_COMPARED = re.compile(
+    r"^(SLURM_JOB_ID|SLURM_JOBID|SLURM_ARRAY_JOB_ID|SLURM_TASK_PID|SLURM_JOB_START_TIME|SLURM_JOB_END_TIME"
+    r"|SLURMD_NODENAME|SLURM_NODELIST|SLURM_JOB_NODELIST|SLURM_TOPOLOGY_ADDR|SLURM_JOB_GPUS|SLURM_STEP_GPUS"
+    r"|CUDA_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL|ROCR_VISIBLE_DEVICES|SLURM_GPUS_ON_NODE_IDS"
+    r"|GEMINI_\w+|REMOTEGPU_USER_SCRIPT|_|OLDPWD)$"
+)
+"""Per-job identity and placement (which job, node and GPUs it got); the gateway's documented /gemini layout."""
+
+USER_ENV_MARKER = "PARITY_FROM_SUBMITTER"
+
+
+# --- the corpus -------------------------------------------------------------------------------------------
+
+
+def header(text: str) -> list[str]:
+    """The leading comment block (where sbatch reads directives and the corpus keeps its notes)."""
+    lines = []
+    for line in text.splitlines()[1:] if text.startswith("#!") else text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        lines.append(line)
+    return lines
+
+
+def extra_args(text: str) -> list[str]:
+    for line in header(text):
+        if line.startswith("# sbatch-args:"):
+            return shlex.split(line.removeprefix("# sbatch-args:"))
+    return []
+
+
+def runs_env_check(text: str) -> bool:
+    return "# parity: env" in header(text)
+
+
+def env_probe(text: str, out_dir: str) -> str:
+    """The script with its body replaced by one that writes ``env`` (NUL-separated) and ends."""
+    lines = text.splitlines()
+    keep = 1 + len(header(text)) if text.startswith("#!") else len(header(text))
+    probe = f'env -0 > {shlex.quote(out_dir)}/"$SLURM_JOB_ID.env"\nexit 0\n'
+    return "\n".join(lines[:keep]) + "\n" + probe
+
+
+def test_corpus_is_large_varied_and_sourced() -> None:
+    assert len(SCRIPTS) >= 40, len(SCRIPTS)
+    for name, text in SCRIPTS.items():
+        notes = header(text)
+        assert any(line.startswith("# source: ") for line in notes), f"{name}: no '# source:' line"
+        assert any(line.startswith("# adapted: ") for line in notes), f"{name}: no '# adapted:' line"
+    everything = "\n".join(SCRIPTS.values())
+    for option in (
+        "--gres=gpu:",
+        "--gpus=",
+        "--gpus-per-node",
+        "--gpus-per-task",
+        "--mem-per-gpu",
+        "--cpus-per-gpu",
+        "--exclusive",
+        "--mail-type",
+        "--signal",
+        "--requeue",
+        "--open-mode",
+        "--time-min",
+        "--begin",
+        "--nice",
+        "--comment",
+        "--array",
+        "--dependency",
+        "--export",
+        "--chdir",
+        "--ntasks-per-gpu",
+        "--gpu-bind",
+        "--distribution",
+        "--exclude",
+        "--wckey",
+    ):
+        assert option in everything, f"no corpus script uses {option}"
+    assert sum(runs_env_check(t) for t in SCRIPTS.values()) >= 5
+
+
+# --- the two ways ------------------------------------------------------------------------------------------
+
+
+def usable_by(user: str, python: Path) -> bool:
+    probe = subprocess.run(["runuser", "-u", user, "--", str(python), "-c", "import gateway.cli"], capture_output=True)
+    return probe.returncode == 0
+
+
+def user_venv(user: str) -> Path:
+    """A virtualenv with the CLI that an unprivileged user can run (the pyenv Python under /root is not one)."""
+    candidates = [os.environ.get("REMOTEGPU_TEST_VENV"), str(REPO / ".venv"), "/opt/rgpu-venv-test"]
+    for candidate in filter(None, candidates):
+        if usable_by(user, Path(candidate, "bin", "python")):
+            return Path(candidate)
+    pytest.fail(f"no virtualenv with remotegpu that {user} can execute (tried {candidates}; set REMOTEGPU_TEST_VENV)")
+
+
+class Submitter(msgspec.Struct, frozen=True):
+    """One POSIX user of a workspace on a running gateway, and the environment both submissions share."""
+
+    cluster: Cluster
+    gateway: Gateway
+    backend: str
+    user: str
+    account: str
+    venv: Path
+
+    @property
+    def home(self) -> str:
+        return home_of(self.user)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a login shell would have: the same for sbatch and for remotegpu."""
+        return {
+            "HOME": self.home,
+            "USER": self.user,
+            "LOGNAME": self.user,
+            "SHELL": "/bin/bash",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "SLURM_CONF": self.cluster.conf,
+            USER_ENV_MARKER: f"{self.user} was here",
+        }
+
+    def run(self, *argv: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = [f"{k}={v}" for k, v in {**self.env, **(extra_env or {})}.items()]
+        return subprocess.run(
+            ["runuser", "-u", self.user, "--", "env", "-i", *env, *argv],
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def sbatch(self, *argv: str) -> int:
+        out = self.run("sbatch", "--parsable", *argv)
+        assert out.returncode == 0, f"raw sbatch refused it (a corpus defect): {out.stderr.strip()}"
+        return int(out.stdout.strip().split(";")[0])
+
+    def remotegpu_submit(self, *argv: str) -> int:
+        out = self.run(str(self.venv / "bin" / "remotegpu"), "submit", *argv)
+        assert out.returncode == 0, f"remotegpu submit ({self.backend}) refused it: {out.stderr.strip()}"
+        found = re.search(r"Slurm job (\d+)", out.stdout) or re.fullmatch(r"(\d+)(;\S+)?\n?", out.stdout)
+        assert found, out.stdout
+        return int(found[1])
+
+
+def _start_gateway(
+    cluster: Cluster, backend: str, database_url: str, logs: Path
+) -> tuple[subprocess.Popen[bytes], Gateway]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
+    env.update(
+        REMOTEGPU_DATABASE_URL=database_url,
+        REMOTEGPU_SLURM_CONF=cluster.conf,
+        REMOTEGPU_SLURM_BACKEND=backend,
+        REMOTEGPU_SLURMRESTD_URL=cluster.rest_url,
+        REMOTEGPU_SLURM_JWT_KEY=str(cluster.jwt_key),
+        REMOTEGPU_LOG_LEVEL="WARNING",
+        XDG_CONFIG_HOME=str(logs / "config"),
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (logs / "serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [*REMOTEGPU, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    for _ in range(150):
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return server, Gateway(url=url, env=env, logs=logs)
+        time.sleep(0.2)
+    server.terminate()
+    pytest.fail(f"remotegpu serve did not start: {(logs / 'serve.log').read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module", params=["cli", "rest"])
+def submitter(
+    request: pytest.FixtureRequest,
+    slurm_cluster: Cluster,
+    posix_user: PosixUserFactory,
+    make_database_url: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Submitter]:
+    """A gateway on the ``cli`` or ``rest`` backend, a workspace on a fresh Slurm account, a logged-in member."""
+    backend: str = request.param
+    logs = tmp_path_factory.mktemp(f"parity-{backend}")
+    server, gateway = _start_gateway(slurm_cluster, backend, make_database_url("sqlite"), logs)
+    account = f"p{uuid.uuid4().hex[:10]}"
+    user = posix_user()
+    try:
+        root = gateway.token("root", admin=True)
+        gateway.token(user)
+        slurm_cluster.run("sacctmgr", "-i", "add", "account", account)
+        slurm_cluster.run("sacctmgr", "-i", "add", "user", user, f"account={account}")
+        r = httpx.post(
+            gateway.url + "/api/v1/workspaces",
+            headers={"Authorization": f"Bearer {root}"},
+            json={"slug": "parity", "name": "Parity", "owner": user, "slurm_account": account},
+        )
+        assert r.status_code == 201, r.text
+        venv = user_venv(user)
+        sub = Submitter(cluster=slurm_cluster, gateway=gateway, backend=backend, user=user, account=account, venv=venv)
+        login = sub.run(
+            str(venv / "bin" / "remotegpu"),
+            "login",
+            "--url",
+            gateway.url,
+            "--username",
+            user,
+            "--workspace",
+            "parity",
+            extra_env={"REMOTEGPU_PASSWORD": f"{user}-password"},
+        )
+        assert login.returncode == 0, login.stderr
+        yield sub
+    finally:
+        subprocess.run(["scancel", "-u", user], env=_slurm_env(slurm_cluster), check=False, capture_output=True)
+        subprocess.run(
+            ["sacctmgr", "-i", "remove", "account", account],
+            env=_slurm_env(slurm_cluster),
+            check=False,
+            capture_output=True,
+        )
+        server.terminate()
+        server.wait(10)
+
+
+def _slurm_env(cluster: Cluster) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "SLURM_CONF": cluster.conf}
+
+
+# --- comparing ---------------------------------------------------------------------------------------------
+
+_KEY = re.compile(r"(?:^|(?<= ))([A-Za-z][\w/:]*)=")
 
 
 def show_job(cluster: Cluster, job_id: int) -> dict[str, str]:
-    line = cluster.run("scontrol", "show", "job", "-o", str(job_id)).splitlines()[0]
-    pairs = re.findall(r"(\S+?)=(\S*)", line)
-    values = dict(pairs)
-    return {f: values.get(f, "") for f in FIELDS}
+    """``scontrol show job -o`` as a dict (values may hold blanks: a key is a word before '=' after a blank)."""
+    line = cluster.run("scontrol", "show", "job", "-o", str(job_id)).splitlines()[0].rstrip()
+    keys = list(_KEY.finditer(line))
+    return {
+        m[1]: line[m.end() : keys[i + 1].start() if i + 1 < len(keys) else len(line)].rstrip()
+        for i, m in enumerate(keys)
+    }
 
 
-def write_as(user: str, path: Path, text: str) -> None:
+def _timestamp(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def comparable(shown: dict[str, str], job_id: int) -> dict[str, str]:
+    """The fields the submission determines, with the job's own id (in paths) and our comment tag taken out."""
+    out = {k: v for k, v in shown.items() if k not in NOT_COMPARED}
+    for key in ("StdOut", "StdErr", "StdIn"):
+        if key in out:
+            out[key] = re.sub(rf"(?<![0-9]){job_id}(?![0-9])", "ID", out[key])
+    if "Comment" in out:  # the gateway keeps its own tag (rgpu:<instance>:<id>) beside the user's comment
+        user_part = re.sub(r"rgpu:[0-9a-zA-Z]+:[0-9a-f]+[ ;,]*", "", out["Comment"]).strip(" ;,")
+        out["Comment"] = user_part or "(none)"
+    return out
+
+
+def differences(raw: dict[str, str], ours: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
+    diff = {}
+    for key in sorted(raw.keys() | ours.keys()):
+        a, b = raw.get(key), ours.get(key)
+        if a == b:
+            continue
+        if key in TIMES and a and b:
+            ta, tb = _timestamp(a), _timestamp(b)
+            if ta is not None and tb is not None and abs(ta - tb) <= TIME_SLACK_SECONDS:
+                continue
+        diff[key] = (a, b)
+    return diff
+
+
+def _write_as(user: str, path: Path, text: str) -> None:
     path.write_text(text)
     owner = pwd.getpwnam(user)
     os.chown(path, owner.pw_uid, owner.pw_gid)
 
 
-@pytest.fixture
-async def api(
-    settings: Settings, clean_database: Database, cli_client: CliSlurmClient
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as client:
-        yield client
-
-
-@pytest.mark.parametrize("name", sorted(CORPUS))
-async def test_same_job_both_ways(
-    name: str,
-    slurm_cluster: Cluster,
-    api: httpx.AsyncClient,
-    make_user: UserFactory,
-    posix_user: PosixUserFactory,
-    slurm_account: str,
-    cli_client: CliSlurmClient,
-) -> None:
-    user = posix_user()
-    headers = await make_user(user)
-    root = await make_user("root", admin=True)
-    r = await api.post(
-        "/api/v1/workspaces",
-        json={"slug": "parity", "name": "P", "slurm_account": slurm_account, "owner": user},
-        headers=root,
-    )
-    assert r.status_code == 201, r.text
-    home = home_of(user)
-    script = Path(home, f"{name}.sbatch")
-    await asyncio.to_thread(write_as, user, script, CORPUS[name])
-    await cli_client.ensure_account(slurm_account)
-    await cli_client.ensure_association(user, slurm_account)
-
-    raw_out = await asyncio.to_thread(
-        slurm_cluster.run,
-        "sbatch",
-        "--parsable",
-        "--hold",
-        f"--account={slurm_account}",
-        f"--chdir={home}",
-        str(script),
-        user=user,
-    )
-    raw_id = int(raw_out.strip().split(";")[0])
-
-    body = job_request(str(script), CORPUS[name], ["--hold"], cwd=home, environ={}).body
-    r = await api.post("/api/v1/workspaces/parity/jobs", json=body, headers=headers)
-    assert r.status_code == 201, r.text
-    ours_id = r.json()["slurm_job_id"]
-
+@contextlib.contextmanager
+def placeholder_dependency(sub: Submitter, text: str) -> Iterator[str]:
+    """The script with ``@DEPENDENCY@`` replaced by a held job of the same user (cancelled afterwards)."""
+    if "@DEPENDENCY@" not in text:
+        yield text
+        return
+    job_id = sub.sbatch("-H", "-A", sub.account, "-J", "parity-upstream", "-o", "/dev/null", "--wrap", "true")
     try:
-        raw, ours = show_job(slurm_cluster, raw_id), show_job(slurm_cluster, ours_id)
-        for shown, job_id in ((raw, raw_id), (ours, ours_id)):
-            for key in ("StdOut", "StdErr"):
-                shown[key] = re.sub(rf"(?<![0-9A-Za-z]){job_id}(?![0-9])", "ID", shown[key])
-        assert ours == raw
+        yield text.replace("@DEPENDENCY@", str(job_id))
     finally:
-        for job_id in (raw_id, ours_id):
-            await cli_client.cancel(job_id, user=user)
+        sub.cluster.run("scancel", str(job_id))
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_same_job_both_ways(name: str, submitter: Submitter) -> None:
+    sub = submitter
+    with placeholder_dependency(sub, SCRIPTS[name]) as text:
+        script = Path(sub.home, f"{name}.sbatch")
+        _write_as(sub.user, script, text)
+        argv = ["-H", "-A", sub.account, *extra_args(text), script.name]
+        raw_id = sub.sbatch(*argv)
+        try:
+            ours_id = sub.remotegpu_submit(*argv)
+            try:
+                raw = comparable(show_job(sub.cluster, raw_id), raw_id)
+                ours = comparable(show_job(sub.cluster, ours_id), ours_id)
+            finally:
+                sub.cluster.run("scancel", str(ours_id))
+        finally:
+            sub.cluster.run("scancel", str(raw_id))
+    assert differences(raw, ours) == {}, f"scontrol show job differs (field: (sbatch, remotegpu)) for {name}"
+
+
+ENV_SCRIPTS = sorted(name for name, text in SCRIPTS.items() if runs_env_check(text))
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    entries = [item.partition("=") for item in path.read_text().split("\0") if item]
+    return {k: v for k, _, v in entries}
+
+
+@pytest.mark.parametrize("name", ENV_SCRIPTS)
+def test_same_environment_both_ways(name: str, submitter: Submitter) -> None:
+    """Both jobs run (released) and print ``env``: the job sees what the submitter had, as under sbatch."""
+    sub = submitter
+    out_dir = Path(sub.home, f"env-{name}-{sub.backend}")
+    out_dir.mkdir(exist_ok=True)
+    os.chown(out_dir, pwd.getpwnam(sub.user).pw_uid, pwd.getpwnam(sub.user).pw_gid)
+    script = Path(sub.home, f"{name}.env.sbatch")
+    _write_as(sub.user, script, env_probe(SCRIPTS[name], str(out_dir)))
+    argv = ["-H", "-A", sub.account, "-t", "2", *extra_args(SCRIPTS[name]), script.name]
+    ids = [sub.sbatch(*argv)]
+    try:
+        ids.append(sub.remotegpu_submit(*argv))
+        for job_id in ids:
+            sub.cluster.run("scontrol", "release", str(job_id))
+        files = [out_dir / f"{job_id}.env" for job_id in ids]
+        deadline = time.monotonic() + 90
+        while not all(f.exists() and f.stat().st_size for f in files):
+            assert time.monotonic() < deadline, (
+                f"jobs {ids} wrote no env within 90 s: {sorted(p.name for p in out_dir.iterdir())}"
+            )
+            time.sleep(0.5)
+        time.sleep(0.5)  # the file is written in one go; let it close
+    finally:
+        for job_id in ids:
+            sub.cluster.run("scancel", str(job_id))
+    raw, ours = (_read_env(f) for f in files)
+    assert raw.get(USER_ENV_MARKER) == sub.env[USER_ENV_MARKER], "raw sbatch did not export the submitter's env"
+    raw_cmp = {k: v for k, v in raw.items() if not ENV_NOT_COMPARED.match(k)}
+    ours_cmp = {k: v for k, v in ours.items() if not ENV_NOT_COMPARED.match(k)}
+    diff = {k: (raw_cmp.get(k), ours_cmp.get(k)) for k in sorted(raw_cmp.keys() | ours_cmp.keys())}
+    diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+    assert diff == {}, f"job environment differs (variable: (sbatch, remotegpu)) for {name}"
+
+
+if __name__ == "__main__":  # list the corpus: python -m tests.integration.slurm.test_sbatch_parity
+    for stem, text in SCRIPTS.items():
+        source = next((line for line in header(text) if line.startswith("# source: ")), "?")
+        print(f"{stem:40} {source.removeprefix('# source: ')}", file=sys.stdout)
