@@ -40,6 +40,31 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "export-file": (None, True),
     "chdir": ("D", True),
     "hold": ("H", False),
+    "gpus-per-task": (None, True),
+    "cpus-per-gpu": (None, True),
+    "mem-per-gpu": (None, True),
+    "ntasks-per-gpu": (None, True),
+    "gpu-bind": (None, True),
+    "mail-type": (None, True),
+    "mail-user": (None, True),
+    "exclusive": (None, False),
+    "constraint": ("C", True),
+    "signal": (None, True),
+    "requeue": (None, False),
+    "no-requeue": (None, False),
+    "open-mode": (None, True),
+    "nodelist": ("w", True),
+    "exclude": ("x", True),
+    "begin": ("b", True),
+    "deadline": (None, True),
+    "time-min": (None, True),
+    "reservation": (None, True),
+    "nice": (None, False),
+    "comment": (None, True),
+    "wckey": (None, True),
+    "distribution": ("m", True),
+    "licenses": ("L", True),
+    "kill-on-invalid-dep": (None, True),
     # ours, for `remotegpu submit` (sbatch itself would refuse them)
     "workspace": (None, True),
     "dataset": (None, True),
@@ -47,6 +72,9 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "image": (None, True),
 }
 REPEATABLE = frozenset({"dataset", "model"})
+PER_NODE_GPUS = frozenset({"gres", "gpus-per-node"})
+"""Two spellings of GPUs per node (the same ``TresPerNode``): one on the command line replaces both in the
+script. sbatch itself would keep both (``TresPerNode=gres:gpu:2,gres:gpu:1``), which nobody means."""
 
 Arg = Literal["required", "none", "optional"]
 _R: Arg = "required"
@@ -282,6 +310,10 @@ def parse(script: str, argv: Sequence[str]) -> tuple[Options, list[str]]:
     unsupported = sorted(set(bad_script + reader.unsupported))
     if unsupported:
         raise DirectiveError("unsupported sbatch options: " + ", ".join(unsupported), unsupported)
+    if reader.options.keys() & PER_NODE_GPUS:  # one request however it is spelled: the command line's
+        from_script = {k: v for k, v in from_script.items() if k not in PER_NODE_GPUS}
+    if {"requeue", "no-requeue"} & reader.options.keys():
+        from_script = {k: v for k, v in from_script.items() if k not in ("requeue", "no-requeue")}
     merged: Options = {**from_script, **reader.options}
     return merged, script_args
 

@@ -61,6 +61,7 @@ from slurm.directives import OPTIONS, DirectiveError, script_directives
 from slurm.environment import submitted
 from slurm.errors import SlurmError, SlurmUnavailable, SubmitRejected, classify
 from slurm.records import AccountingRecord, Association, Job
+from slurm.resources import Request, implied_tasks
 from slurm.tokens import ScontrolTokens, SignedTokens, TokenCache
 
 API = "v0.0.38"
@@ -90,9 +91,33 @@ JOB_FIELDS: dict[str, str] = {
     "comment": "comment",
     "container": "container",
     "chdir": "current_working_directory",
+    "gpus-per-task": "gpus_per_task",
+    "cpus-per-gpu": "cpus_per_gpu",
+    "mem-per-gpu": "memory_per_gpu",
+    "ntasks-per-gpu": "ntasks_per_gpu",
+    "gpu-bind": "gpu_binding",
+    "mail-type": "mail_type",
+    "mail-user": "mail_user",
+    "constraint": "constraints",
+    "signal": "signal",
+    "open-mode": "open_mode",
+    "nodelist": "nodelist",
+    "exclude": "exclude_nodes",
+    "begin": "begin_time",
+    "deadline": "deadline",
+    "time-min": "time_minimum",
+    "reservation": "reservation",
+    "nice": "nice",
+    "wckey": "wckey",
+    "distribution": "distribution",
+    "licenses": "licenses",
+    "kill-on-invalid-dep": "kill_on_invalid_dependency",
 }
-_FLAGS = frozenset({"hold", "exclusive"})
+"""(Each name checked against slurmrestd 22.05.8: it accepts some fields by sbatch's option name, e.g.
+``nodelist``, refuses others, e.g. ``exclude`` and ``required_nodes``.)"""
+_FLAGS = frozenset({"hold", "exclusive", "requeue", "no-requeue"})
 """Options without a value (``exclusive`` may have one: ``--exclusive=user``)."""
+_FLAG_FIELDS = {"hold": "hold", "requeue": "requeue", "no-requeue": "no_requeue"}
 MAPPED = frozenset(JOB_FIELDS) | _FLAGS | {"export"}
 """Every sbatch option this backend can pass on; ``export`` becomes the environment."""
 DIRECTIVES: dict[str, tuple[str | None, bool]] = {
@@ -100,6 +125,8 @@ DIRECTIVES: dict[str, tuple[str | None, bool]] = {
     "comment": (None, True),
     "container": (None, True),
     "exclusive": (None, False),
+    "requeue": (None, False),
+    "no-requeue": (None, False),
 }
 """The ``#SBATCH`` options read from a script (long name -> short flag, takes a value)."""
 
@@ -203,13 +230,18 @@ def sbatch_job_env(options: Mapping[str, str | None]) -> dict[str, str]:
 _NODE_COUNT = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-def _sbatch_tasks(options: Mapping[str, str | None]) -> str | None:
-    """The task count sbatch works out itself where none is given (its ``_opt_verify``), when it matters.
+def _count(value: str | None) -> int | None:
+    """A plain count as sbatch reads one (``[type:]N`` for GPUs); None for anything else."""
+    text = (value or "").rpartition(":")[2]
+    return int(text) if text.isdigit() else None
 
-    sbatch asks for ``nodes x ntasks-per-node`` tasks (one node unless told), or with a fixed node count
-    for one task per node, which makes the job's CPU count ``tasks x cpus-per-task``. slurmrestd does none of
-    this (a job with ``-N 2 -c 2`` would get 2 CPUs, not 4), so the count is sent; where sbatch only implies
-    it (one task per node) that also makes slurmd set ``SLURM_NTASKS``, which sbatch's job has not.
+
+def _sbatch_tasks(options: Mapping[str, str | None]) -> str | None:
+    """The task count sbatch works out itself where none is given (:func:`slurm.resources.implied_tasks`).
+
+    slurmrestd does none of this (a job with ``-N 2 -c 2`` would get 2 CPUs, not 4), so the count is sent;
+    where sbatch only implies it (one task per node) that also makes slurmd set ``SLURM_NTASKS``, which
+    sbatch's job has not.
     """
     if options.get("ntasks") is not None:
         return None
@@ -217,13 +249,15 @@ def _sbatch_tasks(options: Mapping[str, str | None]) -> str | None:
     match = _NODE_COUNT.fullmatch(nodes or "1")
     if match is None or (match[2] is not None and match[1] != match[2]):
         return None  # a range of node counts: no fixed count to work from, as in sbatch
-    count = int(match[1])
-    per_node = options.get("ntasks-per-node")
-    if per_node and per_node.isdigit():
-        return str(count * int(per_node))
-    if nodes is not None and options.get("cpus-per-task") is not None:
-        return str(max(count, 1))
-    return None
+    request = Request(
+        nodes=int(match[1]) if nodes is not None else None,
+        ntasks_per_node=_count(options.get("ntasks-per-node")),
+        cpus_per_task=_count(options.get("cpus-per-task")),
+        gpus=_count(options.get("gpus")),
+        ntasks_per_gpu=_count(options.get("ntasks-per-gpu")),
+    )
+    count = implied_tasks(request)
+    return None if count is None else str(count)
 
 
 def sbatch_options(submission: Submission) -> dict[str, str | None]:
@@ -262,10 +296,17 @@ def job_description(options: Mapping[str, str | None], environment: Mapping[str,
     for name, value in options.items():
         if name == "export":
             continue  # already in the environment
-        if name == "hold":
+        if name in _FLAG_FIELDS:
             if value is not None:
-                raise SubmitRejected("option --hold takes no value", command="slurmrestd")
-            job["hold"] = True
+                raise SubmitRejected(f"option --{name} takes no value", command="slurmrestd")
+            job[_FLAG_FIELDS[name]] = True
+        elif name == "signal" and value is not None and value.upper().startswith(("B:", "RB:", "BR:")):
+            raise SubmitRejected(
+                f"--signal={value}: slurmrestd 22.05 cannot signal the batch shell alone (B:); use the CLI backend",
+                command="slurmrestd",
+            )
+        elif name == "kill-on-invalid-dep":
+            job["kill_on_invalid_dependency"] = (value or "").lower() in ("yes", "y", "1")
         elif name == "exclusive":
             job["exclusive"] = "exclusive" if value is None else value
         elif name in JOB_FIELDS:

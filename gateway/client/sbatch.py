@@ -12,8 +12,8 @@ import msgspec
 from slurm.directives import DirectiveError, Options, memory, minutes, parse
 from slurm.environment import crossing, submitted
 
-_GPU = re.compile(r"^gpu(?::(?P<type>[a-z0-9_.-]+))?(?::(?P<count>\d+))?$")
 _TYPED_COUNT = re.compile(r"^(?:(?P<type>[a-z0-9_.-]+):)?(?P<count>\d+)$")
+_NODES = re.compile(r"^(?P<min>\d+)(?:-(?P<max>\d+))?$")
 
 
 def _int(options: Options, name: str) -> int | None:
@@ -25,24 +25,140 @@ def _int(options: Options, name: str) -> int | None:
     return int(value)
 
 
-def _gpus(options: Options, nodes: int) -> tuple[int, str | None]:
+def _typed_count(options: Options, name: str) -> tuple[int, str | None] | None:
+    """``--gpus``-style ``[type:]count``."""
+    value = options.get(name)
+    if not isinstance(value, str):
+        return None
+    match = _TYPED_COUNT.match(value)
+    if not match:
+        raise DirectiveError(f"--{name}={value}: use [type:]count")
+    return int(match["count"]), match["type"]
+
+
+def _gres(value: str) -> tuple[tuple[int, str | None] | None, list[str]]:
+    """``--gres`` items: the GPU one as (count, type), and the others as they are.
+
+    ``gpu`` is one GPU, ``gpu:2`` two of any type, ``gpu:a100`` one A100, ``gpu:a100:2`` two: a last part of
+    digits is always the count, never a type (``gpu:1`` is one untyped GPU).
+    """
+    gpu: tuple[int, str | None] | None = None
+    others: list[str] = []
+    for item in value.split(","):
+        parts = item.split(":")
+        if parts[0] != "gpu":
+            others.append(item)
+            continue
+        if gpu is not None:
+            raise DirectiveError(f"--gres={value}: give the GPUs once")
+        count = parts.pop() if len(parts) > 1 and parts[-1].isdigit() else "1"
+        if len(parts) > 2:
+            raise DirectiveError(f"--gres={value}: use gpu[:type][:count]")
+        gpu = (int(count), parts[1] if len(parts) == 2 else None)
+    return gpu, others
+
+
+def _gpus(options: Options, body: dict[str, Any]) -> None:
+    """Each GPU form into its own field, as written (``--gres=gpu`` and ``--gpus-per-node`` are one: per node);
+    one GPU type for all of them."""
+    types: set[str] = set()
+    per_node = _typed_count(options, "gpus-per-node")
     if isinstance(gres := options.get("gres"), str):
-        match = _GPU.match(gres)
-        if not match:
-            raise DirectiveError(f"--gres={gres}: only gpu[:type][:count] is supported")
-        return int(match["count"] or 1), match["type"]
-    for name in ("gpus-per-node", "gpus"):
-        if isinstance(value := options.get(name), str):
-            match = _TYPED_COUNT.match(value)
-            if not match:
-                raise DirectiveError(f"--{name}={value}: use [type:]count")
-            count = int(match["count"])
-            if name == "gpus":
-                if count % nodes:
-                    raise DirectiveError(f"--gpus={value} does not divide evenly over {nodes} nodes")
-                count //= nodes
-            return count, match["type"]
-    return 0, None
+        from_gres, others = _gres(gres)
+        per_node = per_node or from_gres
+        if others:
+            body["gres"] = others
+    for field, found in (
+        ("gpus_per_node", per_node),
+        ("gpus", _typed_count(options, "gpus")),
+        ("gpus_per_task", _typed_count(options, "gpus-per-task")),
+    ):
+        if found is not None:
+            body[field] = found[0]
+            if found[1]:
+                types.add(found[1])
+    if len(types) > 1:
+        raise DirectiveError(f"GPUs of more than one type ({', '.join(sorted(types))}) are not supported")
+    if types:
+        body["gpu_type"] = types.pop()
+
+
+_NUMBERS = (
+    ("ntasks", "ntasks"),
+    ("ntasks-per-node", "ntasks_per_node"),
+    ("cpus-per-task", "cpus_per_task"),
+    ("cpus-per-gpu", "cpus_per_gpu"),
+    ("ntasks-per-gpu", "ntasks_per_gpu"),
+)
+_TEXTS = (
+    ("partition", "partition"),
+    ("qos", "qos"),
+    ("array", "array"),
+    ("dependency", "dependency"),
+    ("output", "stdout"),
+    ("error", "stderr"),
+    ("image", "image"),
+    ("gpu-bind", "gpu_bind"),
+    ("mail-user", "mail_user"),
+    ("constraint", "constraint"),
+    ("signal", "signal"),
+    ("open-mode", "open_mode"),
+    ("nodelist", "nodelist"),
+    ("exclude", "exclude"),
+    ("begin", "begin"),
+    ("deadline", "deadline"),
+    ("reservation", "reservation"),
+    ("comment", "comment"),
+    ("wckey", "wckey"),
+    ("distribution", "distribution"),
+    ("licenses", "licenses"),
+)
+"""Options passed through as they are: the gateway checks their values."""
+
+
+def _options(options: Options, body: dict[str, Any]) -> None:
+    for option, field in _NUMBERS:
+        if (number := _int(options, option)) is not None:
+            body[field] = number
+    for option, field in (("mem", "mem_mib"), ("mem-per-cpu", "mem_per_cpu_mib"), ("mem-per-gpu", "mem_per_gpu_mib")):
+        if isinstance(value := options.get(option), str):
+            body[field] = memory(value, option)
+    for option, field in (("time", "time_minutes"), ("time-min", "time_min_minutes")):
+        if isinstance(value := options.get(option), str):
+            body[field] = minutes(value)
+    for option, field in _TEXTS:
+        if isinstance(value := options.get(option), str):
+            body[field] = value
+    if isinstance(value := options.get("mail-type"), str):
+        body["mail_type"] = [item.upper() for item in value.split(",")]
+    if "nice" in options:
+        nice = options["nice"]
+        nice = nice if isinstance(nice, str) else "100"  # sbatch's --nice without a value
+        try:
+            body["nice"] = int(nice)
+        except ValueError:
+            raise DirectiveError(f"--nice={nice} must be a whole number") from None
+    if "exclusive" in options:
+        exclusive = options["exclusive"]
+        body["exclusive"] = exclusive if isinstance(exclusive, str) else "node"
+    if "requeue" in options or "no-requeue" in options:
+        body["requeue"] = "requeue" in options
+    if isinstance(value := options.get("kill-on-invalid-dep"), str):
+        if value.lower() not in ("yes", "no"):
+            raise DirectiveError(f"--kill-on-invalid-dep={value}: use yes or no")
+        body["kill_on_invalid_dep"] = value.lower() == "yes"
+
+
+def _nodes(options: Options, body: dict[str, Any]) -> None:
+    """``-N COUNT`` or ``-N MIN-MAX``."""
+    if not isinstance(value := options.get("nodes"), str):
+        return
+    match = _NODES.match(value)
+    if not match:
+        raise DirectiveError(f"--nodes={value}: use a count or MIN-MAX")
+    body["nodes"] = int(match["min"])
+    if match["max"] is not None and match["max"] != match["min"]:
+        body["max_nodes"] = int(match["max"])
 
 
 def _environment(
@@ -113,43 +229,16 @@ def job_request(
     """sbatch options and ``#SBATCH`` directives -> the API request (reads only what ``read_file`` reads:
     ``--export-file``)."""
     options, script_args = parse(script, argv)
-    nodes = _int(options, "nodes")
-    gpus_per_node, gpu_type = _gpus(options, nodes or 1)
     body: dict[str, Any] = {
         "name": options.get("job-name") or PurePosixPath(script_path).name or "job",
         "script": script,
         "script_args": script_args,
-        "gpus_per_node": gpus_per_node,
         **_environment(options, environ, read_file),
         "hold": "hold" in options,
     }
-    if nodes is not None:
-        body["nodes"] = nodes
-    if gpu_type:
-        body["gpu_type"] = gpu_type
-    for option, field in (
-        ("ntasks", "ntasks"),
-        ("ntasks-per-node", "ntasks_per_node"),
-        ("cpus-per-task", "cpus_per_task"),
-    ):
-        if (number := _int(options, option)) is not None:
-            body[field] = number
-    for option, field in (("mem", "mem_mib"), ("mem-per-cpu", "mem_per_cpu_mib")):
-        if isinstance(value := options.get(option), str):
-            body[field] = memory(value, option)
-    if isinstance(value := options.get("time"), str):
-        body["time_minutes"] = minutes(value)
-    for option, field in (
-        ("partition", "partition"),
-        ("qos", "qos"),
-        ("array", "array"),
-        ("dependency", "dependency"),
-        ("output", "stdout"),
-        ("error", "stderr"),
-        ("image", "image"),
-    ):
-        if isinstance(value := options.get(option), str):
-            body[field] = value
+    _nodes(options, body)
+    _gpus(options, body)
+    _options(options, body)
     chdir = options.get("chdir")
     body["work_dir"] = str(PurePosixPath(cwd, chdir)) if isinstance(chdir, str) else cwd
     for option, field in (("dataset", "datasets"), ("model", "models")):

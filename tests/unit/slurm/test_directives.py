@@ -109,22 +109,36 @@ def test_command_lines(argv: list[str], options: Options, args: list[str]) -> No
 
 def test_unsupported_options_are_listed_together() -> None:
     with pytest.raises(DirectiveError) as err:
-        parse("#!/bin/bash\n#SBATCH --mail-user=x --exclusive\n", ["--uid=0", "-N2"])
-    assert err.value.unsupported == ["--exclusive", "--mail-user", "--uid"]
+        parse("#!/bin/bash\n#SBATCH --mail-user=x --get-user-env\n", ["--uid=0", "-N2"])
+    assert err.value.unsupported == ["--get-user-env", "--uid"]
 
 
 def test_values_of_unsupported_options_are_skipped_so_all_are_listed() -> None:
-    script = "#!/bin/bash\n#SBATCH --mail-user x -t 7 --nod=2\n"
+    script = "#!/bin/bash\n#SBATCH --bb x -t 7 --nod=2\n"
     with pytest.raises(DirectiveError) as err:
-        parse(script, ["-w", "n1", "--exclusive", "--frobnicate", "-j", "arg"])
+        parse(script, ["-F", "n1", "--exclusive", "--frobnicate", "-j", "arg"])
     assert err.value.unsupported == [
-        "--exclusive",
+        "--bb",
         "--frobnicate",
-        "--mail-user",
         "--nod (ambiguous: --nodefile, --nodelist, --nodes)",
-        "--nodelist",
+        "--nodefile",
         "-j",
     ]
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "expected"),
+    [
+        # one request of GPUs per node, however it is spelled: the command line's replaces the script's
+        ("#SBATCH --gres=gpu:a100:2\n", ["--gpus-per-node=1"], {"gpus-per-node": "1"}),
+        ("#SBATCH --gpus-per-node=2\n", ["--gres=gpu:1"], {"gres": "gpu:1"}),
+        ("#SBATCH --gres=gpu:1\n#SBATCH -G 4\n", ["--gres=gpu:2"], {"gres": "gpu:2", "gpus": "4"}),
+        ("#SBATCH --requeue\n", ["--no-requeue"], {"no-requeue": None}),
+        ("#SBATCH --gres=gpu:1\n", ["-G", "2"], {"gres": "gpu:1", "gpus": "2"}),  # per job is another request
+    ],
+)
+def test_the_command_line_replaces_equivalent_directives(script: str, argv: list[str], expected: Options) -> None:
+    assert parse("#!/bin/bash\n" + script, argv) == (expected, [])
 
 
 def test_every_option_we_support_is_sbatchs_or_ours() -> None:

@@ -125,7 +125,7 @@ def test_submission_options_are_checked_as_the_cli_backend_does() -> None:
 @pytest.mark.parametrize(
     ("script", "words"),
     [
-        ("#!/bin/bash\n#SBATCH --mail-type=END --time=5\n#SBATCH -w n1\ntrue\n", "--mail-type, --nodelist"),
+        ("#!/bin/bash\n#SBATCH --bb=x --time=5\n#SBATCH -F n1\ntrue\n", "--bb, --nodefile"),
         ("#!/bin/bash\n#SBATCH --workspace=ml --dataset=/d\ntrue\n", "--dataset, --workspace"),
         ("#!/bin/bash\n#SBATCH --time=5 oops\ntrue\n", "invalid directive"),
         ("#!/bin/bash\n#SBATCH --hold=yes\ntrue\n", "takes no value"),
@@ -139,8 +139,18 @@ def test_directives_that_cannot_be_passed_on_are_refused_by_name(script: str, wo
 def test_options_need_their_values() -> None:
     with pytest.raises(SubmitRejected, match="--time needs a value"):
         job_description({"time": None}, {})
-    with pytest.raises(SubmitRejected, match="cannot pass on --begin"):
-        job_description({"begin": "now"}, {})
+    with pytest.raises(SubmitRejected, match="cannot pass on --bb"):
+        job_description({"bb": "x"}, {})
+
+
+def test_daily_options_reach_slurmrestd_under_its_names() -> None:
+    job = job_description(
+        {"exclude": "n2", "nodelist": "n1", "no-requeue": None, "kill-on-invalid-dep": "yes", "mem-per-gpu": "1G"}, {}
+    )
+    assert (job["exclude_nodes"], job["nodelist"], job["no_requeue"]) == ("n2", "n1", True)
+    assert (job["kill_on_invalid_dependency"], job["memory_per_gpu"]) == (True, "1G")
+    with pytest.raises(SubmitRejected, match="cannot signal the batch shell"):
+        job_description({"signal": "B:USR1@60"}, {})
 
 
 # --- the environment ---------------------------------------------------------------------------------------

@@ -143,8 +143,9 @@ def test_directives() -> None:
         "output": "logs/%j.out",
         "array": "0-3%2",
         "dependency": "afterok:12",
+        "comment": "rgpu:0123abcd",
         "hold": None,
-    }  # --comment is sbatch's, but not one `remotegpu submit` takes: the parser lists it as unsupported
+    }
 
 
 def test_minimal_script_has_only_a_name() -> None:
