@@ -326,7 +326,8 @@ def validate(spec: JobSpec) -> None:
 def directives(spec: JobSpec) -> list[str]:
     """``#SBATCH`` lines. Every value here was validated against a character allow-list."""
     ntasks_per_node = spec.ntasks_per_node or (1 if spec.launch == "torchrun" else None)
-    gres = [_typed("gpu:", spec.gpu_type, spec.gpus_per_node)] if spec.gpus_per_node else []
+    gres = [f"gpu:{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else f"gpu:{spec.gpus_per_node}"]
+    gres = gres if spec.gpus_per_node else []
     values = _directive_values(spec, ntasks_per_node, ",".join(gres + spec.gres) or None)
     lines = [f"--{option}={value}" for option, value in values if value is not None and value != ""]
     flags = {
