@@ -28,8 +28,8 @@ from slurm import environment
 from slurm.client import Submission
 from slurm.dialects import Dialect, for_version
 from slurm.dialects.parsable import ASSOCIATION_FIELDS
-from slurm.errors import SlurmError, SlurmUnavailable, classify
-from slurm.records import AccountingRecord, Association, Job
+from slurm.errors import JobNotFound, SlurmError, SlurmUnavailable, classify
+from slurm.records import AccountingRecord, Association, Job, Node, Partition
 from slurm.tres import format_tres
 
 RunAs = Literal["setpriv", "runuser", "sudo"]
@@ -192,7 +192,8 @@ class CliSlurmClient:
             forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
             stdin = environment.block(submission.environment, forced) + stdin
             argv = ["/bin/bash", "-c", environment.READER, self._sbatch_path(), *argv[1:]]
-        out = await self._run(argv, user=submission.user, stdin=stdin, cwd="/", submit=True, label="sbatch")
+        cwd = environment.submit_dir(submission.environment)
+        out = await self._run(argv, user=submission.user, stdin=stdin, cwd=cwd, submit=True, label="sbatch")
         # --parsable prints "jobid" or "jobid;cluster"
         return int(out.strip().split(";", 1)[0])
 
@@ -207,6 +208,28 @@ class CliSlurmClient:
 
     async def jobs(self) -> list[Job]:
         return self.dialect.parse_squeue(await self._run(["squeue", "--all", "--json"]))
+
+    async def job(self, job_id: int) -> list[Job]:
+        # scontrol, not squeue: 22.05's squeue --json ignores --jobs and would print every job of the cluster
+        try:
+            out = await self._run(["scontrol", "show", "job", str(job_id), "--oneline"])
+        except JobNotFound:
+            return []
+        return self.dialect.parse_jobs_text(out)
+
+    async def nodes(self) -> list[Node]:
+        return self.dialect.parse_nodes(await self._run(["sinfo", "--json"]))
+
+    async def partitions(self) -> list[Partition]:
+        return self.dialect.parse_partitions_text(await self._run(["scontrol", "show", "partition", "--oneline"]))
+
+    async def cluster_name(self) -> str | None:
+        out = await self._run(["scontrol", "show", "config"])
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "ClusterName":
+                return value.strip() or None
+        return None
 
     async def accounting(self, since: datetime) -> list[AccountingRecord]:
         start = since.astimezone().strftime("%Y-%m-%dT%H:%M:%S")

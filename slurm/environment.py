@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 MAX_VARIABLES = 4096
 MAX_BYTES = 1024 * 1024
@@ -55,12 +56,18 @@ EXPORT = re.compile(rf"ALL|NONE|(ALL,)?{_EXPORT_ITEM}(,{_EXPORT_ITEM})*", re.IGN
 READER = (
     "unset PATH LANG HOME USER LOGNAME SHELL; "
     'while IFS= read -r -d \'\' kv && [ -n "$kv" ]; do export "$kv" || exit 1; done; '
-    'if [ -n "${PWD-}" ]; then cd -- "$PWD" 2>/dev/null || cd /; fi; '
-    'exec "$0" "$@"'
+    '"$0" "$@"; exit $?'
 )
-"""Run as ``bash -c READER SBATCH ARGS...``: exports the entries on stdin up to an empty one, then goes to the
-submitter's directory where it can (sbatch records it as ``SLURM_SUBMIT_DIR``) and execs ``SBATCH ARGS``
-with the rest of stdin (the script). bash reads a pipe a byte at a time, so nothing of the script is lost."""
+"""Run as ``bash -c READER SBATCH ARGS...`` in the submitter's directory (sbatch records it as
+``SLURM_SUBMIT_DIR``): exports the entries on stdin up to an empty one, then runs ``SBATCH ARGS`` with the
+rest of stdin (the script); bash reads a pipe a byte at a time, so nothing of the script is lost. Not with
+``exec``: bash's exec lowers ``SHLVL``, which the job would see."""
+
+
+def submit_dir(environment: Mapping[str, str] | None) -> str:
+    """Where sbatch runs: the submitter's ``PWD`` where this host has that directory, else ``/``."""
+    pwd = (environment or {}).get("PWD", "")
+    return pwd if pwd.startswith("/") and Path(pwd).is_dir() else "/"
 
 
 def crossing(name: str) -> bool:

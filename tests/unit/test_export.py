@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from slurm import environment
-from slurm.environment import EnvironmentRefused, block, check, check_export, crossing, submitted
+from slurm.environment import EnvironmentRefused, block, check, check_export, crossing, submit_dir, submitted
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +78,7 @@ def _read(env: dict[str, str], forced: dict[str, str], rest: bytes) -> tuple[dic
         input=block(env, forced) + rest,
         capture_output=True,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "SHELL": "/bin/sh"},
-        cwd="/",
+        cwd=submit_dir(env),
         check=True,
     )
     printed, _, left = done.stdout.partition(b"\x01")
@@ -106,9 +106,14 @@ def test_the_reader_exports_every_value_verbatim_and_leaves_the_script_on_stdin(
     assert "REMOTEGPU_TOKEN" not in env and "LANG" not in env and "HOME" not in env and "SHELL" not in env
 
 
-def test_the_forced_variables_win_and_the_reader_goes_to_the_submitters_directory() -> None:
-    env, _ = _read({"SLURM_CONF": "/theirs", "PWD": "/tmp"}, {"SLURM_CONF": "/ours"}, b"")
+def test_the_forced_variables_win_and_shlvl_is_left_as_it_was() -> None:
+    env, _ = _read({"SLURM_CONF": "/theirs", "SHLVL": "3"}, {"SLURM_CONF": "/ours"}, b"")
     assert env["SLURM_CONF"] == "/ours"
-    assert env["PWD"] == "/tmp"
-    gone, _ = _read({"PWD": "/nonexistent/dir"}, {}, b"")
-    assert gone["PWD"] == "/"
+    assert env["SHLVL"] == "4"  # the printing bash's own level: one above what the reader was given
+
+
+def test_sbatch_runs_in_the_submitters_directory_where_it_exists() -> None:
+    assert submit_dir({"PWD": "/tmp"}) == "/tmp"
+    assert submit_dir({"PWD": "/nonexistent/dir"}) == "/"
+    assert submit_dir({"PWD": "relative"}) == "/"
+    assert submit_dir({}) == "/" and submit_dir(None) == "/"

@@ -1,0 +1,140 @@
+"""The submitter's environment in the job: raw sbatch vs the gateway's backends, on the real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slurm.cli import CliSlurmClient
+from slurm.client import SlurmClient, Submission
+from slurm.records import JobState
+from slurm.rest import RestSlurmClient
+from tests.integration.slurm.conftest import Cluster, PosixUserFactory, home_of
+from tests.integration.slurm.test_client_contract import _member, _wait_for
+
+pytestmark = pytest.mark.integration
+
+_NODE_OR_JOB = re.compile(
+    r"^(SLURM_JOB_?ID|SLURM_TASK_PID|SLURMD_NODENAME|HOSTNAME|SLURM_TOPOLOGY_ADDR|SLURM_(JOB_)?NODELIST)="
+)
+"""What differs between any two jobs (their ids, where they ran)."""
+SCRIPT = "#!/bin/bash\nenv -0 | sort -z | tr '\\0' '\\036'\n"
+TRICKY = 'it\'s "quoted" $(touch /tmp/rgpu-pwned) `id`; a=b\nsecond line'
+
+
+def _submitter_env(user: str, home: str) -> dict[str, str]:
+    """A login shell's environment, with a few variables of the user's and a few that must not cross."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "PWD": home,
+        "SHLVL": "1",
+        "_": shutil.which("sbatch") or "/usr/bin/sbatch",
+        "RGPU_TRICKY": TRICKY,
+        "FOO": "from-the-shell",
+        "LD_LIBRARY_PATH": "/opt/cuda/lib64",
+    }
+
+
+def _raw_sbatch(cluster: Cluster, user: str, account: str, env: dict[str, str], options: list[str]) -> int:
+    """sbatch run by the user from ``env`` in their home directory, as at a login node's prompt."""
+    entry = pwd.getpwnam(user)
+    done = subprocess.run(
+        [
+            *("setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--"),
+            *(shutil.which("sbatch") or "sbatch", "--parsable", f"--account={account}", *options),
+        ],
+        input=SCRIPT,
+        env={**env, "SLURM_CONF": cluster.conf},
+        cwd=env["HOME"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip().split(";")[0])
+
+
+async def _job_env(watcher: SlurmClient, job_id: int, home: str) -> dict[str, str]:
+    job = await _wait_for(watcher, job_id, {JobState.COMPLETED, JobState.FAILED})
+    assert job.state == JobState.COMPLETED, job
+    text = await asyncio.to_thread(Path(home, f"env-{job_id}.out").read_text)
+    entries = [e for e in text.split("\x1e") if e and not _NODE_OR_JOB.match(e)]
+    return dict(e.split("=", 1) for e in entries)
+
+
+@pytest.mark.parametrize("export", [None, "NONE", "ALL,BAR=given", "FOO,BAR=given"])
+async def test_the_job_gets_the_environment_raw_sbatch_gives_it(
+    export: str | None,
+    slurm_cluster: Cluster,
+    cli_client: CliSlurmClient,
+    rest_client: RestSlurmClient,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+) -> None:
+    user = await _member(cli_client, posix_user, slurm_account)
+    home = home_of(user)
+    env = _submitter_env(user, home)
+    options = {"job-name": "env", "output": f"{home}/env-%j.out", "chdir": home}
+    if export is not None:
+        options["export"] = export
+    raw_id = await asyncio.to_thread(
+        _raw_sbatch, slurm_cluster, user, slurm_account, env, [f"--{k}={v}" for k, v in options.items()]
+    )
+    # what the gateway is sent holds more than a shell would give sbatch: none of it may reach the job
+    sent = {**env, "REMOTEGPU_TOKEN": "secret", "LD_PRELOAD": "/nonexistent.so", "SBATCH_WAIT": "1"}
+    submission = Submission(
+        user=user,
+        account=slurm_account,
+        script=SCRIPT,
+        work_dir=home,
+        options={k: v for k, v in options.items() if k != "chdir"},
+        environment=sent,
+    )
+    raw = await _job_env(cli_client, raw_id, home)
+    for backend in (cli_client, rest_client):
+        job_id = await backend.submit(submission)
+        assert await _job_env(cli_client, job_id, home) == raw, type(backend).__name__
+    assert not await asyncio.to_thread(Path("/tmp/rgpu-pwned").exists)
+    if export is None or export.startswith("ALL"):
+        assert raw["RGPU_TRICKY"] == TRICKY and raw["LD_LIBRARY_PATH"] == "/opt/cuda/lib64"
+    else:
+        assert "RGPU_TRICKY" not in raw
+    if export == "NONE":
+        assert "FOO" not in raw and all(k.startswith(("SLURM", "ENVIRONMENT")) or k in _MINIMAL for k in raw), raw
+    if export is not None and "BAR=given" in export:
+        assert raw["BAR"] == "given"
+    if export == "FOO,BAR=given":
+        assert raw["FOO"] == "from-the-shell" and "RGPU_TRICKY" not in raw
+
+
+_MINIMAL = {"HOME", "USER", "LOGNAME", "SHELL", "PATH", "PWD", "SHLVL", "_", "TMPDIR", "LANG", "MAIL", "TERM"}
+"""Besides SLURM_*, what a --export=NONE job may hold: what the node's login environment gives it."""
+
+
+async def test_runuser_gives_sbatch_the_submitters_environment_too(
+    slurm_cluster: Cluster, posix_user: PosixUserFactory, slurm_account: str
+) -> None:
+    """runuser (with its PAM session) resets nothing the reader gives sbatch: it comes on stdin."""
+    client = CliSlurmClient(slurm_conf=slurm_cluster.conf, run_as="runuser", timeout=30)
+    user = await _member(client, posix_user, slurm_account)
+    home = home_of(user)
+    submission = Submission(
+        user=user,
+        account=slurm_account,
+        script=SCRIPT,
+        work_dir=home,
+        options={"output": f"{home}/env-%j.out"},
+        environment=_submitter_env(user, home),
+    )
+    env = await _job_env(client, await client.submit(submission), home)
+    assert env["RGPU_TRICKY"] == TRICKY and env["SLURM_SUBMIT_DIR"] == home and env["SHLVL"] == "2"
