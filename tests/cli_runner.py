@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
+import pwd
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,18 @@ class UserCli:
     ) -> subprocess.CompletedProcess[str]:
         env = {"REMOTEGPU_URL": self.url} if self.url else {}
         return run_cli_as(self.user, *args, home=self.home, cwd=cwd, env={**env, **(extra_env or {})})
+
+
+def operator_user() -> Iterator[tuple[str, str]]:
+    """A throw-away non-root POSIX user with a home directory, (name, home); removed afterwards.
+
+    For CLI tests outside the Slurm suite (whose ``posix_user`` fixture needs the cluster); use as a fixture.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("the CLI tests run as root (they create POSIX users to run the CLI as)")
+    name = f"rgo{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    try:
+        yield name, pwd.getpwnam(name).pw_dir
+    finally:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)

@@ -1,4 +1,7 @@
-"""The ``remotegpu`` command as an operator uses it: real processes, a real server on 127.0.0.1."""
+"""The ``remotegpu`` command as an operator uses it: real processes, a real server on 127.0.0.1.
+
+Every command runs as a non-root POSIX user (``runuser -u``) from a venv every user can execute.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-REMOTEGPU = [sys.executable, "-m", "gateway.cli"]
+from tests.cli_runner import operator_user, run_cli_as, user_env, user_venv
+
+operator = pytest.fixture(scope="module")(operator_user)
 
 
 def _free_port() -> int:
@@ -24,19 +28,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def cli_env(request: pytest.FixtureRequest, make_database_url: Callable[[str], str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
-    env["REMOTEGPU_DATABASE_URL"] = make_database_url(str(request.param))
-    return env
+def cli_env(
+    request: pytest.FixtureRequest, make_database_url: Callable[[str], str], operator: tuple[str, str]
+) -> dict[str, str]:
+    """The operator's REMOTEGPU_* settings: a fresh database (SQLite in the operator's home, which it can write)."""
+    _, home = operator
+    if request.param == "sqlite":
+        db = Path(home, f"{os.urandom(6).hex()}.db")
+        url = f"sqlite:///{db}"
+        request.addfinalizer(lambda: db.unlink(missing_ok=True))
+    else:
+        url = make_database_url("postgresql")
+    user, home = operator
+    return {"REMOTEGPU_DATABASE_URL": url, "_user": user, "_home": home}  # _user, _home: whom ``run`` runs as
 
 
 def run(env: dict[str, str], *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``remotegpu ARGS`` as the operator (a non-root user) with these settings."""
     env = dict(env)
     if password is not None:
         env["REMOTEGPU_PASSWORD"] = password
-    return subprocess.run(
-        [*REMOTEGPU, *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False
-    )
+    user, home = env.pop("_user"), env.pop("_home")
+    return run_cli_as(user, *args, home=home, env=env, timeout=60)
 
 
 @pytest.fixture
@@ -44,9 +57,15 @@ def server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]
     """``remotegpu serve`` on a free port (it migrates the empty database itself); stopped by PID."""
     port = _free_port()
     log = tmp_path / "serve.log"
+    user, home = cli_env["_user"], cli_env["_home"]
+    env = {k: v for k, v in cli_env.items() if not k.startswith("_")}
+    command = ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in user_env(home, env).items())]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*REMOTEGPU, "serve", "--port", str(port)], env=cli_env, stdout=out, stderr=subprocess.STDOUT
+            [*command, str(user_venv() / "bin/remotegpu"), "serve", "--port", str(port)],
+            cwd=home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -131,9 +150,15 @@ def test_bad_settings_are_reported_not_raised(cli_env: dict[str, str]) -> None:
     assert r.returncode == 1 and "port" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize(
-    "args", [[], ["serve"], ["db"], ["db", "upgrade"], ["admin", "create-user"], ["token", "create"]]
-)
-def test_every_command_has_help(args: list[str]) -> None:
-    r = subprocess.run([*REMOTEGPU, *args, "--help"], capture_output=True, text=True, timeout=30, check=False)
-    assert r.returncode == 0 and "Usage:" in r.stdout and len(r.stdout.splitlines()) > 3
+def test_every_command_has_help(operator: tuple[str, str]) -> None:
+    user, home = operator
+    top = run_cli_as(user, "--help", home=home)
+    assert top.returncode == 0, top.stderr
+    commands = [line.split()[0] for line in top.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert {"hold", "release", "workspace", "member", "quota", "logout", "token", "cluster"} <= set(commands)
+    for group in ("db", "admin", "token", "workspace", "member", "quota"):
+        listed = run_cli_as(user, group, "--help", home=home).stdout
+        commands += [f"{group} {line.split()[0]}" for line in listed.split("Commands:")[1].splitlines() if line.strip()]
+    for command in commands:
+        r = run_cli_as(user, *command.split(), "--help", home=home)
+        assert r.returncode == 0 and "Usage:" in r.stdout and len(r.stdout.splitlines()) > 3, (command, r.stderr)
