@@ -17,6 +17,7 @@ from gateway.access_cache import ACCESS_CACHE
 from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
 from gateway.config import Settings, load_settings
+from gateway.cluster.controller import ClusterController
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
 from gateway.errors import EXCEPTION_HANDLERS
@@ -43,6 +44,7 @@ CONTROLLERS = [
     JobController,
 ]
 
+    ClusterController,
 
 class MetricsController(PrometheusController):
     path = "/metrics"

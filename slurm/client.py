@@ -8,7 +8,7 @@ from typing import Protocol
 
 import msgspec
 
-from slurm.records import AccountingRecord, Association, Job
+from slurm.records import AccountingRecord, Association, Job, Node, Partition
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +37,22 @@ class SlurmClient(Protocol):
 
     async def jobs(self) -> list[Job]:
         """Every job the controller knows, in one call (the poller's snapshot)."""
+        ...
+
+    async def job(self, job_id: int) -> list[Job]:
+        """The controller's entries for one job now (an array's: its tasks); ``[]`` once it has forgotten it."""
+        ...
+
+    async def nodes(self) -> list[Node]:
+        """Every node, in one call (the cluster snapshot)."""
+        ...
+
+    async def partitions(self) -> list[Partition]:
+        """Every partition, in one call (the cluster snapshot)."""
+        ...
+
+    async def cluster_name(self) -> str | None:
+        """The cluster's ``ClusterName`` (None where the backend cannot tell)."""
         ...
 
     async def accounting(self, since: datetime) -> list[AccountingRecord]:

@@ -178,3 +178,51 @@ class Association(msgspec.Struct, frozen=True, kw_only=True):
     partition: str | None = None
     grp_tres: Tres = msgspec.field(default_factory=dict)
     qos: tuple[str, ...] = ()
+
+
+class NodeGpus(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's GPUs of one type (``type`` None: configured without one, ``gpu:2``)."""
+
+    type: str | None
+    total: int
+    allocated: int = 0
+
+
+class Node(msgspec.Struct, frozen=True, kw_only=True):
+    """A compute node as the controller sees it now (``sinfo --json``, slurmrestd ``/nodes``)."""
+
+    name: str
+    state: str
+    """Base state and flags as scontrol writes them: ``IDLE``, ``MIXED``, ``IDLE+DRAIN``, ``DOWN+NOT_RESPONDING``."""
+    partitions: tuple[str, ...] = ()
+    reason: str | None = None
+    cpus: int = 0
+    cpus_allocated: int = 0
+    memory_mib: int = 0
+    memory_allocated_mib: int = 0
+    gpus: tuple[NodeGpus, ...] = ()
+    features: tuple[str, ...] = ()
+
+    @property
+    def schedulable(self) -> bool:
+        """Whether new work may start here: not down, drained, failing, in maintenance or powered off."""
+        words = set(self.state.split("+"))
+        return not words & _UNSCHEDULABLE
+
+
+_UNSCHEDULABLE = frozenset(
+    {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "MAINT", "NOT_RESPONDING", "FUTURE",
+     "POWERED_DOWN", "POWER_DOWN", "POWERING_DOWN", "REBOOT_ISSUED", "REBOOT_REQUESTED", "UNKNOWN", "INVALID"}
+)  # fmt: skip
+
+
+class Partition(msgspec.Struct, frozen=True, kw_only=True):
+    """A partition (``scontrol show partition``, slurmrestd ``/partitions``)."""
+
+    name: str
+    default: bool = False
+    state: str = "UP"
+    nodes: tuple[str, ...] = ()
+    max_time_minutes: int | None = None
+    """None: unlimited."""
+    total_cpus: int = 0

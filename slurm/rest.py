@@ -60,7 +60,7 @@ from slurm.dialects import Dialect, for_version
 from slurm.directives import OPTIONS, DirectiveError, script_directives
 from slurm.environment import submitted
 from slurm.errors import SlurmError, SlurmUnavailable, SubmitRejected, classify
-from slurm.records import AccountingRecord, Association, Job
+from slurm.records import AccountingRecord, Association, Job, Node, Partition
 from slurm.resources import Request, implied_tasks
 from slurm.tokens import ScontrolTokens, SignedTokens, TokenCache
 
@@ -514,6 +514,23 @@ class RestSlurmClient:
 
     async def jobs(self) -> list[Job]:
         return self.dialect.parse_squeue((await self._call("GET", f"{_SLURM}/jobs")).content)
+
+    async def job(self, job_id: int) -> list[Job]:
+        reply = await self._call("GET", f"{_SLURM}/job/{job_id}", tolerate=(_INVALID_JOB_ID,))
+        if not reply.content or any(_number(e) == _INVALID_JOB_ID for e in reply.errors):
+            return []  # forgotten (or never known): as scontrol says "Invalid job id specified"
+        return self.dialect.parse_squeue(reply.content)
+
+    async def nodes(self) -> list[Node]:
+        return self.dialect.parse_nodes((await self._call("GET", f"{_SLURM}/nodes")).content)
+
+    async def partitions(self) -> list[Partition]:
+        return self.dialect.parse_partitions_json((await self._call("GET", f"{_SLURM}/partitions")).content)
+
+    async def cluster_name(self) -> str | None:
+        """slurmrestd 22.05 does not say which cluster it serves: the one slurmdbd knows, if it knows one."""
+        clusters = await self._all_clusters()
+        return clusters[0] if len(clusters) == 1 else None
 
     async def accounting(self, since: datetime) -> list[AccountingRecord]:
         # relative to slurmrestd's clock: an absolute time would be read in slurmrestd's time zone

@@ -54,7 +54,8 @@ class TrainingJob(TimestampMixin, Base):
 
 class JobEvent(Base):
     """A change of a job's state, written in the transaction that made it: the job's history, and what other
-    domains (billing, environments) follow. Append-only; ``id`` grows with every event."""
+    domains (billing, environments) follow (those with ``kind`` "state"); and each cancel, hold and release a
+    user asked for. Append-only; ``id`` grows with every event."""
 
     __tablename__ = "job_events"
 
@@ -70,6 +71,11 @@ class JobEvent(Base):
 class GatewayInstance(Base):
     """One row: this database's gateway instance, the ``<instance>`` of the comments on its Slurm jobs."""
 
+    kind: Mapped[str] = mapped_column(String(16), default="state", server_default="state")
+    """``state``: a change of state (old -> new); ``cancel``, ``hold``, ``release``: a request for one, by
+    ``actor`` (both states are then the job's state when it was asked)."""
+    actor: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Who asked (a user's name); None for what Slurm did (the poller saw it)."""
     __tablename__ = "gateway_instance"
 
     singleton: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)

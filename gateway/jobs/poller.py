@@ -25,6 +25,7 @@ from gateway.jobs import events
 from gateway.jobs.events import Listener, StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
 from gateway.jobs.origin import instance_id, parse_comment
+from gateway.cluster.service import ClusterReader
 from gateway.jobs.service import FINAL_STATES
 from slurm.arrays import combine_jobs, combine_records, listed_task_ids, task_counts, task_ids
 from slurm.client import SlurmClient
@@ -138,6 +139,8 @@ class Poller:
             return result
         # jobs to look up in accounting: gone from squeue, or arrays some of whose tasks are
         accounted = [
+        self.cluster: ClusterReader | None = ClusterReader(database, slurm)
+        """The cluster snapshot step (nodes, partitions: gateway.cluster), run after the jobs in each cycle."""
             created
             for slurm_id, array, created in watched
             if slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array))
@@ -184,6 +187,10 @@ class Poller:
 def _watched(session: Session) -> list[tuple[int | None, str | None, datetime]]:
     """Unit of work: each unfinished job's Slurm id, array spec and creation time."""
     query = select(TrainingJob.slurm_job_id, TrainingJob.spec["array"].as_string(), TrainingJob.created_at)
+        if self.cluster is not None:
+            await self.cluster.refresh()
+            SLURM_CALLS.labels("nodes").inc()
+            SLURM_CALLS.labels("partitions").inc()
     return [(slurm_id, array, created) for slurm_id, array, created in session.execute(query.where(ACTIVE))]
 
 

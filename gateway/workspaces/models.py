@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Index, String, Text, text
@@ -96,3 +97,24 @@ class Quota(TimestampMixin, Base):
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     concurrent_environments: Mapped[int | None] = mapped_column(default=None)
+
+
+class SyncState(enum.StrEnum):
+    PENDING = "pending"
+    """Not reconciled since its quota changed (or never)."""
+    OK = "ok"
+    ERROR = "error"
+
+
+class SlurmSync(Base):
+    """How the last reconciliation of one workspace with Slurm went (gateway.workspaces.slurm_sync)."""
+
+    __tablename__ = "workspace_slurm_sync"
+
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[SyncState] = mapped_column(_str_enum(SyncState, "slurm_sync_state"))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the state was last found (the end of the reconciliation that covered the workspace)."""
+    failures: Mapped[int] = mapped_column(default=0)
+    """Failed attempts in a row."""

@@ -12,7 +12,7 @@ from datetime import tzinfo
 from typing import Protocol
 
 from slurm.dialects import v22_05
-from slurm.records import AccountingRecord, Association, Job
+from slurm.records import AccountingRecord, Association, Job, Node, Partition
 
 
 class Dialect(Protocol):
@@ -37,6 +37,14 @@ class Dialect(Protocol):
     ) -> list[Association]: ...
 
     def parse_associations_json(self, payload: bytes | str) -> list[Association]: ...
+
+    def parse_nodes(self, payload: bytes | str) -> list[Node]: ...
+
+    def parse_partitions_json(self, payload: bytes | str) -> list[Partition]: ...
+
+    def parse_partitions_text(self, text: str) -> list[Partition]: ...
+
+    def parse_jobs_text(self, text: str) -> list[Job]: ...
 
 
 _DIALECTS: dict[tuple[int, int], Dialect] = {v22_05.RELEASE: v22_05}

@@ -17,15 +17,30 @@ from typing import Any
 import msgspec
 
 from slurm.dialects.parsable import parse_associations, parse_sacct_parsable
+from slurm.dialects.scontrol import parse_jobs_text, parse_partitions_text
 from slurm.errors import SlurmUnavailable
 from slurm.hostlist import expand_hostlist
-from slurm.records import AccountingRecord, Allocation, Association, Job, JobState, NodeAllocation
+from slurm.records import (
+    AccountingRecord,
+    Allocation,
+    Association,
+    Job,
+    JobState,
+    Node,
+    NodeAllocation,
+    NodeGpus,
+    Partition,
+)
 from slurm.tres import parse_tres
 
 __all__ = [
     "RELEASE",
     "parse_associations",
     "parse_associations_json",
+    "parse_jobs_text",
+    "parse_nodes",
+    "parse_partitions_json",
+    "parse_partitions_text",
     "parse_sacct",
     "parse_sacct_parsable",
     "parse_squeue",
@@ -233,3 +248,63 @@ def parse_associations_json(payload: bytes | str) -> list[Association]:
     """slurmrestd's ``GET /slurmdb/v0.0.38/associations`` (sacctmgr has no JSON in 22.05), in slurmdbd's order
     (the account before its users, as ``sacctmgr show assoc`` lists them). GrpTRES is ``max.tres.total``."""
     return [_association(raw) for raw in _decode(payload, "slurmdbd", key="associations")]
+
+
+# a node's gres / gres_used items: "gpu:a100:2(S:0-1)", "gpu:2", "gpu:a100:1(IDX:0)", "gpu:(null):0(IDX:N/A)"
+_GRES_ITEM = re.compile(r"(?:^|,)gpu(?::(?P<type>[^:(,]+))?:(?P<count>\d+)")
+_INFINITE = 0xFFFFFFFE
+"""uint32 values at or above this are Slurm's INFINITE / NO_VAL."""
+
+
+def _gpus_of(gres: str | None) -> dict[str | None, int]:
+    out: dict[str | None, int] = {}
+    for match in _GRES_ITEM.finditer(gres or ""):
+        kind = match["type"] if match["type"] not in (None, "(null)") else None
+        out[kind] = out.get(kind, 0) + int(match["count"])
+    return out
+
+
+def _node(raw: dict[str, Any]) -> Node:
+    total, used = _gpus_of(raw.get("gres")), _gpus_of(raw.get("gres_used"))
+    flags = [str(f).upper() for f in raw.get("state_flags") or []]
+    features = raw.get("active_features") or raw.get("features") or ""
+    return Node(
+        name=str(raw.get("name") or ""),
+        state="+".join([str(raw.get("state") or "unknown").upper(), *flags]),
+        partitions=tuple(raw.get("partitions") or ()),
+        reason=raw.get("reason") or None,
+        cpus=int(raw.get("cpus") or 0),
+        cpus_allocated=int(raw.get("alloc_cpus") or 0),
+        memory_mib=int(raw.get("real_memory") or 0),
+        memory_allocated_mib=int(raw.get("alloc_memory") or 0),
+        gpus=tuple(
+            NodeGpus(type=kind, total=count, allocated=min(count, used.get(kind, 0)))
+            for kind, count in sorted(total.items(), key=lambda item: item[0] or "")
+        ),
+        features=tuple(f for f in features.split(",") if f),
+    )
+
+
+def parse_nodes(payload: bytes | str) -> list[Node]:
+    """``sinfo --json`` and slurmrestd's ``GET /slurm/v0.0.38/nodes`` (the same schema). GPUs come from
+    ``gres``/``gres_used``, which name every type, where the TRES strings have only those accounting tracks."""
+    return [_node(raw) for raw in _decode(payload, "sinfo", key="nodes")]
+
+
+def _limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and 0 <= value < _INFINITE else None
+
+
+def parse_partitions_json(payload: bytes | str) -> list[Partition]:
+    """slurmrestd's ``GET /slurm/v0.0.38/partitions`` (22.05's CLI has no JSON for them: parse_partitions_text)."""
+    return [
+        Partition(
+            name=str(raw.get("name") or ""),
+            default="default" in (raw.get("flags") or []),
+            state=str(raw.get("state") or "UNKNOWN").upper(),
+            nodes=tuple(expand_hostlist(raw.get("nodes"))),
+            max_time_minutes=_limit(raw.get("max_time_limit")),
+            total_cpus=int(raw.get("total_cpus") or 0),
+        )
+        for raw in _decode(payload, "slurmrestd", key="partitions")
+    ]
