@@ -28,14 +28,16 @@ class Origin(msgspec.Struct, frozen=True):
     job_id: str
 
 
-def slurm_comment(instance: str, job_id: str) -> str:
-    return f"{PREFIX}{instance}:{job_id}"
+def slurm_comment(instance: str, job_id: str, note: str | None = None) -> str:
+    """Ours, then the user's own ``--comment`` after a blank (sbatch has one comment; ids hold no blank)."""
+    return f"{PREFIX}{instance}:{job_id}" + (f" {note}" if note else "")
 
 
 def parse_comment(comment: str) -> Origin | None:
     """The gateway job a Slurm job's comment names, if it names one."""
     if not comment.startswith(PREFIX):
         return None
+    comment = comment.split(" ", 1)[0]  # the user's comment follows ours
     instance, sep, job_id = comment[len(PREFIX) :].rpartition(":")
     if not job_id:
         return None

@@ -7,30 +7,51 @@ from gateway.errors import InvalidInput
 from gateway.jobs.schemas import JobCreate
 from gateway.workspaces.models import Quota
 from gateway.workspaces.slurm_sync import grp_tres_for
+from slurm import resources
+from slurm.resources import Request
 
 _UNITS = {"cpu": "CPUs", "mem": "MiB of memory"}
+
+
+def resource_request(data: JobCreate) -> Request:
+    """The numbers of a job that sbatch's arithmetic works on."""
+    return Request(
+        nodes=data.nodes,
+        ntasks=data.ntasks,
+        ntasks_per_node=data.ntasks_per_node,
+        cpus_per_task=data.cpus_per_task,
+        gpus=data.gpus,
+        gpus_per_node=data.gpus_per_node or None,
+        gpus_per_task=data.gpus_per_task,
+        cpus_per_gpu=data.cpus_per_gpu,
+        ntasks_per_gpu=data.ntasks_per_gpu,
+        mem_per_node_mib=data.mem_mib,
+        mem_per_cpu_mib=data.mem_per_cpu_mib,
+        mem_per_gpu_mib=data.mem_per_gpu_mib,
+    )
+
+
+def _first_given(data: JobCreate, *fields: str) -> str:
+    return next((f for f in fields if getattr(data, f)), fields[0])
 
 
 def requested_tres(data: JobCreate) -> dict[str, tuple[int, str]]:
     """The least the job holds at once, by TRES, with the field that asks for it.
 
-    As sbatch counts: one node and one task per node unless told, one CPU per task unless told; memory per
-    node times nodes, or per CPU times CPUs (absent when neither is given: the cluster's default applies).
-    Each task of an array is a job of its own: this is one task's.
+    Counted as sbatch counts (slurm.resources): one node and one task per node unless told, one CPU per task
+    unless told; memory per node times nodes, per CPU times CPUs or per GPU times GPUs (absent when none is
+    given: the cluster's default applies). Each task of an array is a job of its own: this is one task's.
     """
-    nodes = data.nodes or 1
-    tasks = data.ntasks or (nodes * data.ntasks_per_node if data.ntasks_per_node else nodes)
-    cpus = tasks * (data.cpus_per_task or 1)
-    tres: dict[str, tuple[int, str]] = {"cpu": (cpus, "cpus_per_task")}
-    if data.mem_mib is not None:
-        tres["mem"] = (data.mem_mib * nodes, "mem_mib")
-    elif data.mem_per_cpu_mib is not None:
-        tres["mem"] = (data.mem_per_cpu_mib * cpus, "mem_per_cpu_mib")
-    if data.gpus_per_node:
-        gpus = nodes * data.gpus_per_node
-        tres["gres/gpu"] = (gpus, "gpus_per_node")
+    request = resource_request(data)
+    cpu_field = _first_given(data, "cpus_per_task", "cpus_per_gpu")
+    tres: dict[str, tuple[int, str]] = {"cpu": (resources.cpus(request), cpu_field)}
+    if (mem := resources.memory_mib(request)) is not None:
+        tres["mem"] = (mem, _first_given(data, "mem_mib", "mem_per_cpu_mib", "mem_per_gpu_mib"))
+    if gpus := resources.gpus(request):
+        field = _first_given(data, "gpus_per_node", "gpus", "gpus_per_task")
+        tres["gres/gpu"] = (gpus, field)
         if data.gpu_type:
-            tres[f"gres/gpu:{data.gpu_type}"] = (gpus, "gpus_per_node")
+            tres[f"gres/gpu:{data.gpu_type}"] = (gpus, field)
     return tres
 
 

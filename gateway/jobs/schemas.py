@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
@@ -7,9 +8,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.jobs.models import TrainingJob
+from slurm.script import JobSpec, MailType
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Short = Annotated[str, msgspec.Meta(max_length=256)]
 Argv = Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=1024)]
 
 
@@ -24,10 +27,23 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     script_args: Argv = msgspec.field(default_factory=list)
     nodes: Count | None = None
     """None: one node, as sbatch without -N."""
+    max_nodes: Count | None = None
+    """``-N nodes-max_nodes``."""
     ntasks: Count | None = None
     ntasks_per_node: Count | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Per node (``--gres=gpu[:type]:N``, ``--gpus-per-node``)."""
     gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    """The type of each GPU form given; None: any."""
+    gpus: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    """Per job (``-G/--gpus``)."""
+    gpus_per_task: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    cpus_per_gpu: Count | None = None
+    mem_per_gpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
+    ntasks_per_gpu: Count | None = None
+    gpu_bind: Short | None = None
+    gres: Annotated[list[Short], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
+    """Generic resources other than GPUs (``name[:type][:count]``)."""
     cpus_per_task: Count | None = None
     mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
@@ -56,6 +72,42 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     launch: Literal["none", "torchrun"] = "none"
     nproc_per_node: Count | None = None
     master_port: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 29500
+    comment: Short | None = None
+    """The user's ``--comment`` (the Slurm job's comment starts with the gateway's id, then this)."""
+    mail_type: Annotated[list[MailType], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
+    mail_user: Short | None = None
+    exclusive: Literal["node", "user", "mcs"] | None = None
+    constraint: Text | None = None
+    signal: Short | None = None
+    requeue: bool | None = None
+    """``--requeue`` (true) / ``--no-requeue`` (false); null: the cluster's default."""
+    open_mode: Literal["append", "truncate"] | None = None
+    nodelist: Text | None = None
+    exclude: Text | None = None
+    begin: Short | None = None
+    deadline: Short | None = None
+    time_min_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
+    reservation: Short | None = None
+    nice: Annotated[int, msgspec.Meta(ge=-2147483645, le=2147483645)] | None = None
+    wckey: Short | None = None
+    distribution: Short | None = None
+    licenses: Text | None = None
+    kill_on_invalid_dep: bool | None = None
+
+
+def job_spec(data: JobCreate, work_dir: str) -> JobSpec:
+    """The one way a request becomes the job's spec (in the working directory given, or the default one).
+
+    Every field of the request is a field of the spec of the same name and default (a test pins the two
+    together); the spec's own ``account`` is for scripts made outside the gateway (the gateway gives sbatch
+    the workspace's). Values are checked once more by :func:`slurm.script.render`.
+    """
+    return msgspec.convert({**msgspec.structs.asdict(data), "work_dir": work_dir}, JobSpec)
+
+
+def stored_spec(spec: Mapping[str, Any]) -> JobSpec:
+    """A job's spec as stored (the ``jobs.spec`` column), read back typed."""
+    return msgspec.convert(spec, JobSpec)
 
 
 class ListedJob(msgspec.Struct):

@@ -28,6 +28,10 @@ def job(**fields: Any) -> JobCreate:
         ({"ntasks": 3, "cpus_per_task": 2, "mem_per_cpu_mib": 100}, {"cpu": 6, "mem": 600}),
         ({"nodes": 2, "mem_mib": 1000}, {"cpu": 2, "mem": 2000}),
         ({"nodes": 2, "gpus_per_node": 2, "gpu_type": "a100"}, {"cpu": 2, "gres/gpu": 4, "gres/gpu:a100": 4}),
+        ({"nodes": 2, "gpus": 3}, {"cpu": 2, "gres/gpu": 3}),  # per job: not multiplied by the nodes
+        ({"ntasks": 3, "gpus_per_task": 2}, {"cpu": 3, "gres/gpu": 6}),
+        ({"gpus": 2, "ntasks_per_gpu": 2}, {"cpu": 4, "gres/gpu": 2}),  # sbatch makes gpus x ntasks-per-gpu tasks
+        ({"gpus": 2, "cpus_per_gpu": 4, "mem_per_gpu_mib": 100}, {"cpu": 8, "gres/gpu": 2, "mem": 200}),
     ],
 )
 def test_requested_tres_counts_as_sbatch_does(fields: dict[str, Any], tres: dict[str, int]) -> None:
@@ -42,6 +46,10 @@ def test_requested_tres_counts_as_sbatch_does(fields: dict[str, Any], tres: dict
         ({"cpus": 8}, {"ntasks": 4, "cpus_per_task": 4}, "cpus_per_task"),
         ({"memory_bytes": 1024**3}, {"nodes": 2, "mem_mib": 600}, "mem_mib"),
         ({"memory_bytes": 1024**3}, {"ntasks": 4, "mem_per_cpu_mib": 300}, "mem_per_cpu_mib"),
+        ({"gpus": 2}, {"gpus": 3}, "gpus"),
+        ({"gpus": 2}, {"ntasks": 3, "gpus_per_task": 1}, "gpus_per_task"),
+        ({"cpus": 2}, {"gpus": 1, "cpus_per_gpu": 4}, "cpus_per_gpu"),
+        ({"memory_bytes": 1024**3}, {"gpus": 2, "mem_per_gpu_mib": 600}, "mem_per_gpu_mib"),
     ],
 )
 def test_over_the_quota_names_the_field(quota: dict[str, Any], fields: dict[str, Any], field: str) -> None:
