@@ -405,17 +405,25 @@ def _mounts(spec: JobSpec) -> list[_Mount]:
 
 
 def _layout(mounts: list[_Mount], gemini_root: str) -> list[str]:
-    """The /gemini layout on the node; under the working directory where the node has no writable one."""
+    """The job's own /gemini layout: ``<gemini_root>/.jobs/<job>`` where the node has a writable /gemini, else
+    ``$PWD/.gemini/<job>``; ``<job>`` is ``ARRAYID_TASK`` for an array task, else the job id.
+
+    Per job because jobs share nodes and working directories: one layout for all of them let a job read
+    another's dataset, and a link land inside an earlier job's output directory (``ln -T`` never nests one).
+    """
     root = shlex.quote(gemini_root)
     out = [
-        f'if [ -d {root} ] && [ -w {root} ]; then GEMINI_ROOT={root}; else GEMINI_ROOT="$PWD/gemini"; fi',
+        'REMOTEGPU_LAYOUT="${SLURM_JOB_ID:-$$}"',
+        'if [ -n "${SLURM_ARRAY_TASK_ID-}" ]; then REMOTEGPU_LAYOUT="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; fi',
+        f'if [ -d {root} ] && [ -w {root} ]; then GEMINI_ROOT={root}/.jobs/"$REMOTEGPU_LAYOUT"; '
+        'else GEMINI_ROOT="$PWD/.gemini/$REMOTEGPU_LAYOUT"; fi',
         'mkdir -p "$GEMINI_ROOT"',
     ]
     for m in mounts:
         if m.source is None:
             out.append(f'mkdir -p "$GEMINI_ROOT/{m.slot}"')
         else:
-            out.append(f'ln -sfn {shlex.quote(m.source)} "$GEMINI_ROOT/{m.slot}"')
+            out.append(f'ln -sfnT {shlex.quote(m.source)} "$GEMINI_ROOT/{m.slot}"')
         out.append(f'export {m.var}="$GEMINI_ROOT/{m.slot}"')
     return out
 

@@ -75,7 +75,7 @@ def run_body(
     log = cwd / "log"
     log.mkdir(exist_ok=True)
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin" if fake_bin else "/usr/bin:/bin", "FAKE_LOG": str(log)}
-    env |= {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2"}
+    env |= {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "42"}
     return subprocess.run(["bash", str(script)], cwd=cwd, capture_output=True, timeout=30, env=env, check=False)
 
 
@@ -173,7 +173,7 @@ def test_layout_without_gemini(tmp_path: Path) -> None:
     )
     out = run_body(spec, tmp_path)
     assert out.returncode == 0, out.stderr
-    root = tmp_path / "gemini"
+    root = tmp_path / ".gemini" / "42"  # the job's own layout (SLURM_JOB_ID)
     assert out.stdout.decode().strip() == f"hi {root}/pretrain {root}/output {root}/code"
     assert (root / "output").is_dir() and (root / "code").is_dir() and (root / "data-1").readlink() == data
 
@@ -190,9 +190,10 @@ def test_layout_in_an_existing_writable_gemini(tmp_path: Path) -> None:
         command=["bash", "-c", 'echo "$GEMINI_DATA_OUT $GEMINI_CODE $GEMINI_PRETRAIN3 ${GEMINI_DATA_IN1-unset}"'],
     )
     out = run_body(spec, tmp_path, gemini_root=str(gemini))
-    assert out.stdout.decode().split() == [f"{gemini}/output", f"{gemini}/code", f"{gemini}/pretrain3", "unset"]
-    assert (gemini / "output").readlink() == out_dir and (gemini / "pretrain3").readlink() == Path("/m3")
-    assert not (tmp_path / "gemini").exists()
+    job = gemini / ".jobs" / "42"  # the job's own layout (SLURM_JOB_ID)
+    assert out.stdout.decode().split() == [f"{job}/output", f"{job}/code", f"{job}/pretrain3", "unset"]
+    assert (job / "output").readlink() == out_dir and (job / "pretrain3").readlink() == Path("/m3")
+    assert not (tmp_path / ".gemini").exists()
 
 
 def test_exit_code_is_the_commands(tmp_path: Path) -> None:
@@ -315,7 +316,7 @@ def test_containers_see_each_slot_at_gemini(tmp_path: Path, fake_bin: Path, runt
     assert out.stdout == b"/gemini/data-1 /gemini/code /gemini/output a b\n"
     if runtime == "apptainer":
         binds = (tmp_path / "log" / "binds").read_text().splitlines()
-        assert f"{tmp_path}/gemini/data-1:/gemini/data-1:ro" in binds and len(binds) == 3
+        assert f"{tmp_path}/.gemini/42/data-1:/gemini/data-1:ro" in binds and len(binds) == 3
         assert (tmp_path / "log" / "image").read_text() == "docker://pytorch/pytorch:2.3\n"
 
 
