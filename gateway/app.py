@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 
 from litestar import Litestar
@@ -16,13 +17,14 @@ from litestar.types import Message, Scope
 from gateway.access_cache import ACCESS_CACHE
 from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.auth.controller import AuthController, MeController
-from gateway.config import Settings, load_settings
 from gateway.cluster.controller import ClusterController
+from gateway.config import Settings, load_settings
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
+from gateway.jobs.poller import Poller, recover_at_startup
 from gateway.jobs.service import JobService
 from gateway.observability import RequestContextMiddleware
 from gateway.openapi import docs_asset, openapi_config
@@ -42,9 +44,9 @@ CONTROLLERS = [
     AuditController,
     WorkspaceAuditController,
     JobController,
+    ClusterController,
 ]
 
-    ClusterController,
 
 class MetricsController(PrometheusController):
     path = "/metrics"
@@ -62,11 +64,23 @@ def create_app(
     owns_database = database is None
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
 
+    jobs = JobService(db, slurm, settings)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # What a crash of the last gateway left half-submitted is settled now, not only by a worker. (Apps given
+        # a Slurm client, i.e. tests, poll when they choose.)
+        poller = Poller(db, slurm, jobs)
+        recovery = (
+            asyncio.create_task(recover_at_startup(poller, settings.poll_interval_seconds)) if owns_slurm else None
+        )
         try:
             yield
         finally:
+            if recovery is not None:
+                recovery.cancel()
+                with suppress(asyncio.CancelledError):
+                    await recovery
             if owns_slurm:
                 await slurm.close()
             if owns_database:
@@ -86,7 +100,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[login_throttle.middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "database": db, "jobs": JobService(db, slurm, settings)}),
+        state=State({"settings": settings, "database": db, "jobs": jobs}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=openapi_config(),

@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     slurm_container_runtime: Literal["pyxis", "apptainer"] | None = None
     """Container runtime of the cluster; None: jobs asking for an image are refused."""
     poll_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    slurm_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    """How long one Slurm command (or slurmrestd request) may take; it also bounds how long recovery waits
+    before it submits a job that a crashed gateway recorded but Slurm does not have."""
 
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:

@@ -15,7 +15,9 @@ def make_slurm_client(settings: Settings) -> SlurmClient:
     slurmrestd 22.05 cannot change an existing account's GrpTRES, so the REST backend sets quotas through
     ``sacctmgr`` (the CLI backend); everything else goes over HTTP.
     """
-    cli = CliSlurmClient(slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as)
+    cli = CliSlurmClient(
+        slurm_conf=settings.slurm_conf, run_as=settings.slurm_run_as, timeout=settings.slurm_timeout_seconds
+    )
     if settings.slurm_backend == "cli":
         return cli
     assert settings.slurmrestd_url is not None  # Settings checks it
@@ -25,5 +27,9 @@ def make_slurm_client(settings: Settings) -> SlurmClient:
         else ScontrolTokens(slurm_conf=settings.slurm_conf)
     )
     return RestSlurmClient(
-        settings.slurmrestd_url, tokens=TokenCache(source), slurm_conf=settings.slurm_conf, limits=cli
+        settings.slurmrestd_url,
+        tokens=TokenCache(source),
+        slurm_conf=settings.slurm_conf,
+        limits=cli,
+        timeout=settings.slurm_timeout_seconds,
     )

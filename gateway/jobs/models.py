@@ -38,6 +38,11 @@ class TrainingJob(TimestampMixin, Base):
     slurm_job_id: Mapped[int | None] = mapped_column(default=None, index=True)
     """Not unique: a cluster whose state was wiped numbers its jobs from 1 again (and ids wrap at MaxJobId)."""
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    """SHA-256 of the request that made the job: a retry with its key must send the same one (else 422)."""
+    submit_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the last sbatch of the job began: none of it can still be running once the backend's timeout is
+    over (the lease), so recovery may then submit a job Slurm does not have (gateway.jobs.recovery)."""
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     script: Mapped[str] = mapped_column(Text)
     work_dir: Mapped[str] = mapped_column(String(4096))
@@ -66,16 +71,16 @@ class JobEvent(Base):
     new_state: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class GatewayInstance(Base):
-    """One row: this database's gateway instance, the ``<instance>`` of the comments on its Slurm jobs."""
-
     kind: Mapped[str] = mapped_column(String(16), default="state", server_default="state")
     """``state``: a change of state (old -> new); ``cancel``, ``hold``, ``release``: a request for one, by
     ``actor`` (both states are then the job's state when it was asked)."""
     actor: Mapped[str | None] = mapped_column(String(64), default=None)
     """Who asked (a user's name); None for what Slurm did (the poller saw it)."""
+
+
+class GatewayInstance(Base):
+    """One row: this database's gateway instance, the ``<instance>`` of the comments on its Slurm jobs."""
+
     __tablename__ = "gateway_instance"
 
     singleton: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)

@@ -4,10 +4,16 @@ of state (gateway.jobs.events).
 
 An unreachable controller marks the jobs' state as unknown; it never fails or forgets a job. An array is
 one gateway job: its tasks are folded into one state (slurm.arrays) and counted by state.
+
+Recovery: a job recorded but without a Slurm id is adopted when squeue (or sacct) shows its comment; when
+neither does and its last sbatch began more than a lease before squeue was asked (so no sbatch of it can still
+be running), it is submitted again from its recorded script (JobService.finish_submissions). A gateway runs
+this at start-up too (``recover_at_startup``), so what a crash left is settled without a worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -16,17 +22,17 @@ from functools import partial
 import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from gateway.cluster.service import ClusterReader
 from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.jobs import events
 from gateway.jobs.events import Listener, StateChange
-from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
+from gateway.jobs.models import SUBMITTING, TrainingJob
 from gateway.jobs.origin import instance_id, parse_comment
-from gateway.cluster.service import ClusterReader
-from gateway.jobs.service import FINAL_STATES
+from gateway.jobs.service import FINAL_STATES, JobService
 from slurm.arrays import combine_jobs, combine_records, listed_task_ids, task_counts, task_ids
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError
@@ -40,9 +46,9 @@ JOBS_BY_STATE = Gauge("remotegpu_jobs", "Jobs not yet finished, by state", ["sta
 UNREACHABLE = Counter("remotegpu_poller_unreachable_total", "Cycles in which Slurm did not answer")
 STATE_CHANGES = Counter("remotegpu_job_state_changes_total", "Job state changes written by the poller", ["state"])
 
-LOST_AFTER = timedelta(seconds=60)
-"""A job still SUBMITTING after this long, and unknown to Slurm, never reached it."""
 ACTIVE = TrainingJob.state.not_in(FINAL_STATES)
+UNSUBMITTED = (TrainingJob.state == SUBMITTING) & TrainingJob.slurm_job_id.is_(None)
+RESUBMITTED = Counter("remotegpu_jobs_resubmitted_total", "Recorded jobs submitted by recovery after a crash")
 
 
 class PollResult(msgspec.Struct):
@@ -51,6 +57,9 @@ class PollResult(msgspec.Struct):
     adopted: int = 0
     orphans_cancelled: int = 0
     reachable: bool = True
+    unsubmitted: list[str] = msgspec.field(default_factory=list)
+    """Jobs Slurm does not have whose last sbatch is surely over: recovery submits them."""
+    resubmitted: int = 0
     events: list[StateChange] = msgspec.field(default_factory=list)
 
 
@@ -97,15 +106,23 @@ class Snapshot:
 
 
 class Accounting:
-    """sacct's answer (allocations, no steps), indexed by job id and by array id."""
+    """sacct's answer (allocations, no steps), indexed by job id, by array id and by the gateway id in the
+    comment. ``complete``: sacct answered (else a job absent here may still exist)."""
 
-    def __init__(self, records: Sequence[AccountingRecord]) -> None:
+    def __init__(self, records: Sequence[AccountingRecord], *, complete: bool = True) -> None:
+        self.complete = complete
         self._jobs: dict[int, list[AccountingRecord]] = {}
         self._arrays: dict[int, list[AccountingRecord]] = {}
+        self.gateway_ids: set[str] = set()
         for record in records:
             self._jobs.setdefault(record.job_id, []).append(record)
             if record.array_job_id is not None:
                 self._arrays.setdefault(record.array_job_id, []).append(record)
+            if (origin := parse_comment(record.comment)) is not None:
+                self.gateway_ids.add(origin.job_id)
+
+    def all(self) -> list[AccountingRecord]:
+        return [record for records in self._jobs.values() for record in records]
 
     def of_job(self, job_id: int) -> list[AccountingRecord]:
         return self._jobs.get(job_id, [])
@@ -115,11 +132,15 @@ class Accounting:
 
 
 class Poller:
-    def __init__(self, database: Database, slurm: SlurmClient) -> None:
+    def __init__(self, database: Database, slurm: SlurmClient, jobs: JobService | None = None) -> None:
+        """``jobs``: submits what a crash left unsubmitted; without it such jobs wait (nothing is submitted)."""
         self.database = database
         self.slurm = slurm
+        self.jobs = jobs
         self.listeners: list[Listener] = []
         self._instance: str | None = None
+        self.cluster: ClusterReader | None = ClusterReader(database, slurm)
+        """The cluster snapshot step (nodes, partitions: gateway.cluster), run after the jobs in each cycle."""
 
     async def poll_once(self) -> PollResult:
         """One cycle. No database transaction is open while Slurm is asked (on SQLite a write transaction
@@ -129,6 +150,8 @@ class Poller:
         watched = await self.database.run(_watched, write=False)
         if self._instance is None:
             self._instance = await instance_id(self.database)
+        asked_at = utcnow()  # before squeue: any sbatch over by then shows its job in the answer
+        cutoff = asked_at - self.jobs.lease if self.jobs is not None else None
         try:
             snapshot = Snapshot(await self.slurm.jobs(), self._instance)
             result.slurm_calls += 1
@@ -138,27 +161,36 @@ class Poller:
             result.reachable = False
             return result
         # jobs to look up in accounting: gone from squeue, or arrays some of whose tasks are
+        # (and recorded jobs squeue does not show whose sbatch is surely over: did they run and leave already?)
         accounted = [
-        self.cluster: ClusterReader | None = ClusterReader(database, slurm)
-        """The cluster snapshot step (nodes, partitions: gateway.cluster), run after the jobs in each cycle."""
             created
-            for slurm_id, array, created in watched
-            if slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array))
+            for job_id, slurm_id, array, created, attempt in watched
+            if (slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array)))
+            or (slurm_id is None and _lease_over(attempt, cutoff) and job_id not in snapshot.by_gateway_id)
         ]
         records = Accounting([])
         if accounted:
             try:
                 records = Accounting(await self.slurm.accounting(min(accounted) - timedelta(minutes=1)))
-            except SlurmError as exc:  # slurmdbd away: what squeue says still counts
+            except SlurmError as exc:  # slurmdbd away: what squeue says still counts (but nothing is resubmitted)
                 log.warning("accounting_unreachable", error=exc.message)
+                records = Accounting([], complete=False)
             result.slurm_calls += 1
             SLURM_CALLS.labels("sacct").inc()
 
-        orphans, by_state = await self.database.run(partial(_settle, snapshot, records, result))
+        orphans, by_state = await self.database.run(partial(_settle, snapshot, records, result, cutoff))
         for change in result.events:
             STATE_CHANGES.labels(change.new).inc()
         result.orphans_cancelled = await self._cancel(orphans)
+        if result.unsubmitted and self.jobs is not None:
+            log.warning("resubmitting", jobs=result.unsubmitted)
+            result.resubmitted = await self.jobs.finish_submissions(result.unsubmitted, asked_at)
+            RESUBMITTED.inc(result.resubmitted)
         await events.notify(self.listeners, result.events)
+        if self.cluster is not None:
+            await self.cluster.refresh()
+            SLURM_CALLS.labels("nodes").inc()
+            SLURM_CALLS.labels("partitions").inc()
         JOBS_BY_STATE.clear()
         for state, count in by_state.items():
             JOBS_BY_STATE.labels(state).set(count)
@@ -184,24 +216,57 @@ class Poller:
         return len(orphans)
 
 
-def _watched(session: Session) -> list[tuple[int | None, str | None, datetime]]:
-    """Unit of work: each unfinished job's Slurm id, array spec and creation time."""
-    query = select(TrainingJob.slurm_job_id, TrainingJob.spec["array"].as_string(), TrainingJob.created_at)
-        if self.cluster is not None:
-            await self.cluster.refresh()
-            SLURM_CALLS.labels("nodes").inc()
-            SLURM_CALLS.labels("partitions").inc()
-    return [(slurm_id, array, created) for slurm_id, array, created in session.execute(query.where(ACTIVE))]
+def _lease_over(attempt: datetime, cutoff: datetime | None) -> bool:
+    """Whether an sbatch that began at ``attempt`` is surely over at the time ``cutoff`` is a lease before."""
+    return cutoff is not None and attempt < cutoff
+
+
+def _unsettled_before(moment: datetime, session: Session) -> bool:
+    """Unit of work: whether a job recorded before ``moment`` still has no Slurm id."""
+    query = select(TrainingJob.id).where(UNSUBMITTED, TrainingJob.created_at < moment).limit(1)
+    return session.scalar(query) is not None
+
+
+async def recover_at_startup(poller: Poller, interval: float) -> None:
+    """Settle what a crash left (adopt, or submit again), polling until no job recorded before start-up is
+    without a Slurm id, or three leases have passed (then the worker's poller goes on with it)."""
+    started = utcnow()
+    lease = poller.jobs.lease if poller.jobs is not None else timedelta(0)
+    deadline = time.monotonic() + 3 * lease.total_seconds() + interval
+    while await poller.database.run(partial(_unsettled_before, started), write=False):
+        try:
+            result = await poller.poll_once()
+            log.info("startup_recovery", adopted=result.adopted, resubmitted=result.resubmitted)
+        except Exception:  # the database or Slurm away for a moment: try again
+            log.exception("startup_recovery_failed")
+        if time.monotonic() > deadline:
+            log.warning("startup_recovery_left_to_worker")
+            return
+        await asyncio.sleep(interval)
+
+
+def _watched(session: Session) -> list[tuple[str, int | None, str | None, datetime, datetime]]:
+    """Unit of work: each unfinished job's id, Slurm id, array spec, creation time and last sbatch's start."""
+    attempt = func.coalesce(TrainingJob.submit_attempt_at, TrainingJob.created_at)
+    query = select(
+        TrainingJob.id,
+        TrainingJob.slurm_job_id,
+        TrainingJob.spec["array"].as_string(),
+        TrainingJob.created_at,
+        attempt.label("attempt"),
+    )
+    return [tuple(row) for row in session.execute(query.where(ACTIVE))]
 
 
 def _settle(
-    snapshot: Snapshot, records: Accounting, result: PollResult, session: Session
+    snapshot: Snapshot, records: Accounting, result: PollResult, cutoff: datetime | None, session: Session
 ) -> tuple[list[Job], dict[str, int]]:
     """Unit of work: every unfinished job brought up to date, with the events of its changes; the orphans to
-    cancel, and the unfinished jobs counted by state."""
-    active = list(session.scalars(select(TrainingJob).where(ACTIVE)))
+    cancel, and the unfinished jobs counted by state. Rows another poller is settling are skipped (PostgreSQL:
+    SKIP LOCKED), so two gateways, or a gateway's start-up recovery beside a worker, never both adopt a job."""
+    active = list(session.scalars(select(TrainingJob).where(ACTIVE).with_for_update(skip_locked=True)))
     for job in active:
-        change = update_job(job, snapshot, records, result)
+        change = update_job(job, snapshot, records, result, cutoff)
         if change is not None:
             result.events.append(change)
     result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
@@ -230,17 +295,26 @@ def _orphans(session: Session, snapshot: Snapshot) -> list[Job]:
     return [job for job_id, job in live.items() if job_id not in known]
 
 
-def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult) -> StateChange | None:
-    """Bring one job up to date with Slurm's snapshot and accounting; its state change, if any."""
+def update_job(
+    job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult, cutoff: datetime | None = None
+) -> StateChange | None:
+    """Bring one job up to date with Slurm's snapshot and accounting; its state change, if any.
+
+    A job without a Slurm id is adopted if Slurm shows its comment; if not, and its last sbatch began before
+    ``cutoff`` (a lease before squeue was asked) and sacct answered, it goes to ``result.unsubmitted``."""
     old = job.state
     if job.slurm_job_id is None:
         found = snapshot.by_gateway_id.get(job.id)
         if found is None:
-            if job.state == SUBMITTING and utcnow() - job.created_at > LOST_AFTER:
-                job.state, job.reason = SUBMIT_FAILED, "never reached Slurm"
-                return StateChange(job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state)
-            return None
-        job.slurm_job_id, job.submitted_at = snapshot.slurm_id(found), found.submit_time
+            found_record = _record_of(records, job.id)
+            if found_record is None:
+                attempt = job.submit_attempt_at or job.created_at
+                if job.state == SUBMITTING and records.complete and _lease_over(attempt, cutoff):
+                    result.unsubmitted.append(job.id)
+                return None
+            job.slurm_job_id, job.submitted_at = found_record.array_job_id or found_record.job_id, None
+        else:
+            job.slurm_job_id, job.submitted_at = snapshot.slurm_id(found), found.submit_time
         result.adopted += 1
     slurm_id = job.slurm_job_id
     is_array = bool(job.spec.get("array"))
@@ -260,6 +334,17 @@ def update_job(job: TrainingJob, snapshot: Snapshot, records: Accounting, result
         return None  # submitted since the snapshot, or accounting has not caught up: next cycle
     if changed and job.state != old:
         return StateChange(job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state, reason=job.reason)
+    return None
+
+
+def _record_of(records: Accounting, job_id: str) -> AccountingRecord | None:
+    """The accounting record whose comment names gateway job ``job_id`` (one that ran and left squeue)."""
+    if job_id not in records.gateway_ids:
+        return None
+    for found in records.all():
+        origin = parse_comment(found.comment)
+        if origin is not None and origin.job_id == job_id:
+            return found
     return None
 
 

@@ -1,20 +1,27 @@
 """Submitting and controlling training jobs.
 
-Nothing lost, nothing twice: the job is committed (with the caller's idempotency key) before sbatch runs, and
-the Slurm job carries the gateway's id in its comment (``rgpu:<instance>:<id>``, gateway.jobs.origin). If the
-gateway dies between sbatch and recording the Slurm id, the poller finds the job by that comment and adopts it.
+Nothing lost, nothing twice: the job is committed (with the caller's idempotency key, a hash of the request and
+the time its sbatch begins) before sbatch runs, and the Slurm job carries the gateway's id in its comment
+(``rgpu:<instance>:<id>``, gateway.jobs.origin). If the gateway dies between sbatch and recording the Slurm id,
+the poller finds the job by that comment and adopts it; if it died before sbatch reached Slurm, recovery
+(``finish_submissions``) submits the recorded script once no sbatch of it can still be running.
+
+Idempotency-Key as draft-ietf-httpapi-idempotency-key-header says: the same key with another request is a 422,
+a retry while the first is still submitting a 409 with Retry-After, any other retry the job itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pwd
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from functools import cache, partial
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
-from sqlalchemy import Integer, Table, bindparam, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -33,7 +40,7 @@ from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
 from gateway.schemas import Pagination
 from gateway.users.models import User
-from gateway.workspaces.models import Role, WorkspaceStatus
+from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
 from gateway.workspaces.service import WorkspaceAccess
 from slurm.arrays import task_ids
 from slurm.client import SlurmClient, Submission
@@ -76,6 +83,24 @@ class SlurmDown(GatewayError):
     status, kind, title = 503, "slurm-unavailable", "Slurm is not answering"
 
 
+class KeyReused(GatewayError):
+    status, kind, title = 422, "idempotency-key-reused", "Idempotency-Key used for another request"
+
+
+class RequestInProgress(GatewayError):
+    status, kind, title = 409, "request-in-progress", "A request with this Idempotency-Key is still in progress"
+    headers = {"Retry-After": "2"}
+
+
+LEASE_MARGIN = timedelta(seconds=5)
+"""Added to the Slurm backend's timeout: how long after an sbatch began no part of it can still be running."""
+
+
+def request_hash(data: msgspec.Struct) -> str:
+    """The request's fingerprint (its decoded body, so key order and spacing do not matter)."""
+    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
+
+
 def _posix_account(posix_name: str | None) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(posix_name or "")
@@ -97,6 +122,8 @@ class JobService:
         self.settings = settings
         self._associations: set[tuple[str, str]] = set()
         self._instance_id: str | None = None
+        self.lease = timedelta(seconds=settings.slurm_timeout_seconds) + LEASE_MARGIN
+        """After this long, an sbatch that began is over (done, failed or killed by the backend's timeout)."""
 
     async def _instance(self) -> str:
         if self._instance_id is None:
@@ -144,7 +171,6 @@ class JobService:
         check_quota(ws.quota, data)
         fields = msgspec.structs.asdict(data)
         work_dir = fields.pop("work_dir") or _posix_account(posix_name).pw_dir
-        hold = fields.pop("hold")
         try:
             check_path("work_dir", work_dir)
             spec = msgspec.convert(fields, JobSpec)
@@ -165,6 +191,8 @@ class JobService:
             "state_unknown": False,
             "slurm_job_id": None,
             "idempotency_key": idempotency_key,
+            "request_hash": request_hash(data) if idempotency_key is not None else None,
+            "submit_attempt_at": None,  # set in the unit of work: the moment closest to sbatch that is recorded
             "spec": msgspec.to_builtins(spec),
             "script": script,
             "work_dir": work_dir,
@@ -196,15 +224,9 @@ class JobService:
             if existing is None:
                 raise
         if existing is not None:
-            return existing, False
+            return _replayed(existing, row["request_hash"]), False
         job = SimpleNamespace(**row)  # the response's view; an ORM object costs a tenth of the request
-
-        options: dict[str, str | None] = {"comment": slurm_comment(instance, job.id)}
-        if hold:
-            options["hold"] = None
-        submission = Submission(
-            user=posix_name, account=ws.slurm_account, script=script, work_dir=work_dir, options=options
-        )
+        submission = _submission(instance, job, posix_name, ws.slurm_account)
         try:
             slurm_id = await self._sbatch(submission)
         except SubmitRejected as exc:
@@ -218,6 +240,37 @@ class JobService:
             raise SlurmDown(f"Slurm did not answer; job {job.id} will be settled when it does") from exc
         await self._set(job, slurm_job_id=slurm_id, state="PENDING", submitted_at=utcnow())
         return job, True
+
+    async def finish_submissions(self, job_ids: Iterable[str], absent_at: datetime) -> int:
+        """Submit recorded jobs that Slurm does not have: their gateway died before its sbatch reached Slurm.
+
+        ``absent_at``: when the controller was asked (squeue, then sacct) and showed no job with their comments.
+        Only jobs whose last sbatch began a lease before that are taken: any sbatch of theirs was over by then.
+        Each is claimed first (its attempt time moved on, if still older than that), so two recoverers never
+        both submit it. Returns how many were submitted.
+        """
+        submitted = 0
+        instance = await self._instance()
+        for job_id in job_ids:
+            # (never later than a lease ago: a claim just made here must not look claimable again)
+            claimed = await self.database.run(partial(_claim, job_id, min(absent_at, utcnow()) - self.lease))
+            if claimed is None:
+                continue
+            job, posix_name, account, active = claimed
+            if not active or posix_name is None:
+                why = "workspace not active" if not active else "user has no POSIX account"
+                await self._set(job, state=SUBMIT_FAILED, reason=f"not submitted after a restart: {why}")
+                continue
+            try:
+                slurm_id = await self._sbatch(_submission(instance, job, posix_name, account))
+            except SubmitRejected as exc:
+                await self._set(job, state=SUBMIT_FAILED, reason=exc.message)
+                continue
+            except SlurmUnavailable:  # maybe submitted, maybe not: the next recovery looks again after the lease
+                continue
+            await self._set(job, slurm_job_id=slurm_id, state="PENDING", submitted_at=utcnow())
+            submitted += 1
+        return submitted
 
     async def _set(self, job: SimpleNamespace, **values: Any) -> None:
         """Update the job's row (and ``job``, the response's view of it), with an event if its state changes."""
@@ -345,6 +398,73 @@ class JobService:
         return job
 
 
+def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: str) -> Submission:
+    """The one way a recorded job goes to sbatch (first try or recovery): its script carries every option."""
+    options = {"comment": slurm_comment(instance, job.id)}
+    return Submission(user=posix_name, account=account, script=job.script, work_dir=job.work_dir, options=options)
+
+
+def _replayed(existing: TrainingJob, fingerprint: str | None) -> TrainingJob:
+    """The answer to a retry: the job, unless the key came with another request or the first is not done."""
+    if existing.request_hash is not None and existing.request_hash != fingerprint:
+        raise KeyReused(
+            "this Idempotency-Key was used for a different request: use a new key for a new job",
+            field="Idempotency-Key",
+        )
+    if existing.state == SUBMITTING and existing.slurm_job_id is None:
+        raise RequestInProgress(
+            f"job {existing.id} is still being submitted: retry with the same key shortly", field="Idempotency-Key"
+        )
+    return existing
+
+
+def _claim(
+    job_id: str, attempted_before: datetime, session: Session
+) -> tuple[SimpleNamespace, str | None, str, bool] | None:
+    """Unit of work: take a recorded, never-submitted job for a new sbatch if its last attempt began before
+    ``attempted_before`` (compare and set on the attempt time); the job, its user's POSIX name, the workspace's
+    Slurm account and whether the workspace takes jobs. None if it is not (or no longer) such a job."""
+    attempt = func.coalesce(JOBS.c.submit_attempt_at, JOBS.c.created_at)
+    claimed = session.execute(
+        update(JOBS)
+        .where(
+            JOBS.c.id == job_id,
+            JOBS.c.state == SUBMITTING,
+            JOBS.c.slurm_job_id.is_(None),
+            attempt < bindparam("before", type_=UTCDateTime()),
+        )
+        .values(submit_attempt_at=utcnow()),
+        {"before": attempted_before},
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    row = session.execute(
+        select(
+            JOBS.c.id,
+            JOBS.c.workspace_id,
+            JOBS.c.state,
+            JOBS.c.script,
+            JOBS.c.work_dir,
+            JOBS.c.spec,
+            User.posix_name,
+            Workspace.slurm_account,
+            Workspace.status,
+        )
+        .join(User, User.id == JOBS.c.user_id)
+        .join(Workspace, Workspace.id == JOBS.c.workspace_id)
+        .where(JOBS.c.id == job_id)
+    ).one()
+    job = SimpleNamespace(
+        id=row.id,
+        workspace_id=row.workspace_id,
+        state=row.state,
+        script=row.script,
+        work_dir=row.work_dir,
+        spec=row.spec,
+    )
+    return job, row.posix_name, row.slurm_account, row.status == WorkspaceStatus.ACTIVE
+
+
 def _record_submission(row: dict[str, Any], audit: dict[str, Any], session: Session) -> TrainingJob | None:
     """Unit of work: the new job and its audit entry; or the job already made with its key. (Its events
     start with its first change of state: the row itself says when it was made, as SUBMITTING.)"""
@@ -352,7 +472,7 @@ def _record_submission(row: dict[str, Any], audit: dict[str, Any], session: Sess
         existing = _by_key(row["user_id"], row["idempotency_key"], session)
         if existing is not None:
             return existing
-    session.execute(_INSERT_JOB, row)
+    session.execute(_INSERT_JOB, {**row, "submit_attempt_at": utcnow()})
     session.execute(_INSERT_AUDIT, audit)
     return None
 
