@@ -330,7 +330,10 @@ def comparable(shown: dict[str, str], job_id: int) -> dict[str, str]:
             out[key] = re.sub(rf"(?<![0-9]){job_id}(?![0-9])", "ID", out[key])
     if "Comment" in out:  # the gateway keeps its own tag (rgpu:<instance>:<id>) beside the user's comment
         user_part = re.sub(r"rgpu:[0-9a-zA-Z]+:[0-9a-f]+[ ;,]*", "", out["Comment"]).strip(" ;,")
-        out["Comment"] = user_part or "(none)"
+        if user_part:
+            out["Comment"] = user_part
+        else:
+            del out["Comment"]
     return out
 
 
@@ -384,7 +387,8 @@ def test_same_job_both_ways(name: str, submitter: Submitter) -> None:
                 sub.cluster.run("scancel", str(ours_id))
         finally:
             sub.cluster.run("scancel", str(raw_id))
-    assert differences(raw, ours) == {}, f"scontrol show job differs (field: (sbatch, remotegpu)) for {name}"
+    diff = differences(raw, ours)
+    assert not diff, f"{name}: scontrol show job differs (field: (sbatch, remotegpu)): {diff}"
 
 
 ENV_SCRIPTS = sorted(name for name, text in SCRIPTS.items() if runs_env_check(text))
@@ -427,7 +431,7 @@ def test_same_environment_both_ways(name: str, submitter: Submitter) -> None:
     ours_cmp = {k: v for k, v in ours.items() if not ENV_NOT_COMPARED.match(k)}
     diff = {k: (raw_cmp.get(k), ours_cmp.get(k)) for k in sorted(raw_cmp.keys() | ours_cmp.keys())}
     diff = {k: v for k, v in diff.items() if v[0] != v[1]}
-    assert diff == {}, f"job environment differs (variable: (sbatch, remotegpu)) for {name}"
+    assert not diff, f"{name}: job environment differs (variable: (sbatch, remotegpu)): {diff}"
 
 
 if __name__ == "__main__":  # list the corpus: python -m tests.integration.slurm.test_sbatch_parity
