@@ -26,6 +26,8 @@ from gateway.workspaces.schemas import (
     MemberUpdate,
     QuotaIn,
     QuotaOut,
+    QuotaPatch,
+    SlurmSyncOut,
     WorkspaceCreate,
     WorkspaceOut,
     WorkspaceUpdate,
@@ -75,8 +77,10 @@ class WorkspaceController(Controller):
         return WorkspaceOut.of(access.workspace, access.role)
 
     @get("/{ws:str}", dependencies=WORKSPACE_DEPENDENCIES)
-    async def get_workspace(self, access: Access) -> WorkspaceOut:
-        return WorkspaceOut.of(access.workspace, access.role)
+    async def get_workspace(self, db_session: DbSession, access: Access) -> WorkspaceOut:
+        """The workspace, with how its last reconciliation with Slurm went (``slurm_sync``)."""
+        sync = SlurmSyncOut.of(await service.get_sync(db_session, access))
+        return WorkspaceOut.of(access.workspace, access.role, sync)
 
     @patch("/{ws:str}", dependencies=WORKSPACE_DEPENDENCIES)
     async def update_workspace(
@@ -130,9 +134,20 @@ class QuotaController(Controller):
 
     @get("/")
     async def get_quota(self, db_session: DbSession, access: Access) -> QuotaOut:
-        return QuotaOut.of(await service.get_quota(db_session, access))
+        """The limits, and whether Slurm has them (``slurm_sync``)."""
+        quota = await service.get_quota(db_session, access)
+        return QuotaOut.of(quota, SlurmSyncOut.of(await service.get_sync(db_session, access)))
 
     @put("/")
     async def set_quota(self, db_session: DbSession, access: Access, data: JSONBody[QuotaIn]) -> QuotaOut:
-        """Replace the workspace's limits (``null`` or omitted: unlimited)."""
-        return QuotaOut.of(await service.set_quota(db_session, access, data))
+        """Replace the whole quota: every limit omitted or ``null`` becomes unlimited (PATCH changes some).
+        A GPU type the cluster has no GPU of is a 400 naming ``gpus_by_type.TYPE``."""
+        quota = await service.set_quota(db_session, access, data)
+        return QuotaOut.of(quota, SlurmSyncOut.of(await service.get_sync(db_session, access)))
+
+    @patch("/")
+    async def patch_quota(self, db_session: DbSession, access: Access, data: JSONBody[QuotaPatch]) -> QuotaOut:
+        """Change only the limits given (JSON merge patch): ``null`` lifts one; in ``gpus_by_type`` a type set to
+        ``null`` is removed and types not named are kept."""
+        quota = await service.patch_quota(db_session, access, data)
+        return QuotaOut.of(quota, SlurmSyncOut.of(await service.get_sync(db_session, access)))

@@ -18,14 +18,15 @@ from sqlalchemy.orm import joinedload
 from gateway.access_cache import ACCESS_CACHE
 from gateway.actor import Actor
 from gateway.audit.service import record
+from gateway.cluster import service as cluster_service
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.schemas import Pagination
 from gateway.users.models import User
-from gateway.workspaces.models import Member, Quota, Role, Workspace, WorkspaceStatus
-from gateway.workspaces.schemas import MemberCreate, QuotaIn, WorkspaceCreate, WorkspaceUpdate
+from gateway.workspaces.models import Member, Quota, Role, SlurmSync, SyncState, Workspace, WorkspaceStatus
+from gateway.workspaces.schemas import MemberCreate, QuotaIn, QuotaPatch, WorkspaceCreate, WorkspaceUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,12 +346,54 @@ async def get_quota(session: AsyncSession, access: WorkspaceAccess) -> Quota | N
     return await session.get(Quota, access.workspace.id)
 
 
+async def get_sync(session: AsyncSession, access: WorkspaceAccess) -> SlurmSync | None:
+    """The workspace's last reconciliation with Slurm (None: never reconciled)."""
+    return await session.get(SlurmSync, access.workspace.id)
+
+
+def _as_input(quota: Quota | None) -> QuotaIn:
+    if quota is None:
+        return QuotaIn()
+    return QuotaIn(
+        gpus=quota.gpus,
+        gpus_by_type=dict(quota.gpus_by_type),
+        cpus=quota.cpus,
+        memory_bytes=quota.memory_bytes,
+        storage_bytes=quota.storage_bytes,
+        concurrent_environments=quota.concurrent_environments,
+    )
+
+
+async def patch_quota(session: AsyncSession, access: WorkspaceAccess, data: QuotaPatch) -> Quota:
+    """Change the limits given, keep the others (QuotaPatch); checked as a whole like a PUT."""
+    access.require(Role.ADMIN)
+    return await set_quota(session, access, data.applied_to(_as_input(await session.get(Quota, access.workspace.id))))
+
+
+async def _check_gpu_types(session: AsyncSession, data: QuotaIn) -> None:
+    """A type the cluster has no GPU of is refused. The types come from the poller's cluster snapshot; before
+    the first one (a new installation, Slurm never answered) any well-formed type is taken, and a type Slurm
+    does not know then shows as the workspace's sync error (sacctmgr refuses the GrpTRES)."""
+    if not data.gpus_by_type:
+        return
+    known = await cluster_service.gpu_types(session)
+    if known is None:
+        return
+    for gpu_type in sorted(data.gpus_by_type):
+        if gpu_type not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(
+                f"the cluster has no GPU of type {gpu_type!r} (its types: {have})", field=f"gpus_by_type.{gpu_type}"
+            )
+
+
 async def set_quota(session: AsyncSession, access: WorkspaceAccess, data: QuotaIn) -> Quota:
     access.require(Role.ADMIN)
     if data.gpus is not None:
         over = {t: n for t, n in data.gpus_by_type.items() if n > data.gpus}
         if over:
             raise InvalidInput(f"per-type GPU limits exceed the total of {data.gpus}: {over}", field="gpus_by_type")
+    await _check_gpu_types(session, data)
     quota = await session.get(Quota, access.workspace.id)
     if quota is None:
         quota = Quota(workspace_id=access.workspace.id)
@@ -366,6 +409,11 @@ async def set_quota(session: AsyncSession, access: WorkspaceAccess, data: QuotaI
     for field, value in values.items():
         setattr(quota, field, value)
     quota.updated_at = utcnow()
+    sync = await session.get(SlurmSync, access.workspace.id)
+    if sync is None:
+        session.add(SlurmSync(workspace_id=access.workspace.id, state=SyncState.PENDING, failures=0))
+    elif sync.state == SyncState.OK:
+        sync.state = SyncState.PENDING  # until the worker has given Slurm the new limits
     record(
         session,
         access.actor,
