@@ -27,16 +27,18 @@ apt_install() {
 }
 
 usable_by_all() {
-    # usable_by_all PYTHON: an unprivileged user can run this interpreter (every CLI user must run the venv's;
-    # a Python under /root, e.g. pyenv's, gives them "permission denied").
-    local py; py="$(readlink -f "$1")" || return 1
-    if [ "$(id -u)" -eq 0 ] && id nobody >/dev/null 2>&1; then
-        runuser -u nobody -- "$py" -c pass >/dev/null 2>&1
+    # usable_by_all PYTHON: an unprivileged user can run this interpreter, through this path (every CLI user runs
+    # the venv's; a Python under /root, e.g. pyenv's, or a venv in a private directory gives "permission denied").
+    if [ "$(id -u)" -eq 0 ] && command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then
+        runuser -u nobody -- "$1" -c pass >/dev/null 2>&1
     else
-        local dir="$py"
-        [ -x "$py" ] && [ "$(stat -c %A "$py" | cut -c10)" = x ] || return 1
-        while dir="$(dirname "$dir")"; [ "$dir" != / ]; do
-            [ "$(stat -c %A "$dir" | cut -c10)" = x ] || return 1
+        local path dir
+        for path in "$1" "$(readlink -f "$1")"; do
+            [ -e "$path" ] && [[ "$(stat -Lc %A "$path" | cut -c10)" == [xt] ]] || return 1
+            dir="$path"
+            while dir="$(dirname "$dir")"; [ "$dir" != / ]; do
+                [[ "$(stat -Lc %A "$dir" | cut -c10)" == [xt] ]] || return 1
+            done
         done
     fi
 }
