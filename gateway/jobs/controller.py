@@ -104,9 +104,17 @@ class JobController(Controller):
 
     @get("/{job_id:str}/events")
     async def events(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> list[JobEventOut]:
-        """The job's state changes, oldest first."""
+        """The job's state changes, and the cancel, hold and release requests (who, when), oldest first."""
         return [
-            JobEventOut(id=e.id, old_state=e.old_state, new_state=e.new_state, reason=e.reason, at=e.at)
+            JobEventOut(
+                id=e.id,
+                old_state=e.old_state,
+                new_state=e.new_state,
+                reason=e.reason,
+                at=e.at,
+                kind=e.kind,
+                actor=e.actor,
+            )
             for e in await jobs.history(db_session, access, job_id)
         ]
 

@@ -200,13 +200,16 @@ REQUESTED = (
 
 
 class JobEventOut(msgspec.Struct, kw_only=True):
-    """One change of a job's state."""
+    """One change of a job's state (``kind`` "state"), or a cancel, hold or release someone asked for."""
 
     id: int
     old_state: str | None
     new_state: str
     reason: str | None
     at: datetime
+    kind: str = "state"
+    actor: str | None = None
+    """Who asked (requests); null for what Slurm did."""
 
 
 class JobLogs(msgspec.Struct):

@@ -35,14 +35,14 @@ from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotF
 from gateway.jobs import events
 from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
-from gateway.jobs.origin import instance_id, slurm_comment
+from gateway.jobs.origin import instance_id, parse_comment, slurm_comment
 from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
 from gateway.schemas import Pagination
 from gateway.users.models import User
 from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
 from gateway.workspaces.service import WorkspaceAccess
-from slurm.arrays import task_ids
+from slurm.arrays import combine_jobs, task_ids
 from slurm.client import SlurmClient, Submission
 from slurm.errors import (
     InvalidAccount,
@@ -379,8 +379,18 @@ class JobService:
         return LogFile(path=path, uid=_posix_account(owner.posix_name).pw_uid, job_id=job.id)
 
     async def control(self, session: AsyncSession, access: WorkspaceAccess, job_id: str, action: str) -> TrainingJob:
-        """cancel, hold or release, run as the job's owner (Slurm checks it too)."""
+        """cancel, hold or release, run as the job's owner (Slurm checks it too); the job as Slurm has it now.
+
+        A job that has ended (in Slurm, asked first) is a 409 naming its state. The request is a job event (its
+        ``kind`` the action, its ``actor`` the caller), written with the audit entry; then Slurm is asked for the
+        job's state (one call for that job), and a change is written as a state event, as the poller would.
+        """
         job = await self.get(session, access, job_id)
+        if job.slurm_job_id is not None and job.state not in FINAL_STATES:
+            await self._refresh(session, job)  # the poller may not have seen it end yet (scancel would not say)
+        if job.state in FINAL_STATES:
+            await session.commit()  # what was just learnt of it
+            raise Conflict(f"job {job_id} has already ended ({job.state}): it cannot be {action}ed", field="state")
         if job.slurm_job_id is None:
             raise Conflict(f"job {job_id!r} has no Slurm job (state {job.state})", field="id")
         owner = await session.get_one(User, job.user_id)
@@ -390,12 +400,57 @@ class JobService:
         except SlurmUnavailable as exc:
             raise SlurmDown(exc.message) from exc
         except SlurmError as exc:
+            if "already completing or completed" in exc.message.lower() or "already finished" in exc.message.lower():
+                raise Conflict(f"job {job_id} has already ended in Slurm: {exc.message}", field="state") from exc
             raise Conflict(f"Slurm refused to {action} job {job_id}: {exc.message}", field="id") from exc
+        session.add(
+            JobEvent(
+                job_id=job.id,
+                workspace_id=job.workspace_id,
+                old_state=job.state,
+                new_state=job.state,
+                kind=action,
+                actor=access.actor.name,
+                at=utcnow(),
+            )
+        )
         record(
             session, access.actor, f"job.{action}", target_type="job", target=job.id, workspace_id=access.workspace.id
         )
+        await self._refresh(session, job)
         await session.commit()
         return job
+
+    async def _refresh(self, session: AsyncSession, job: TrainingJob) -> None:
+        """The job's state and reason as the controller has them now (one call for this job); its change of
+        state as an event. Not asked, or not answered: the poller's next cycle brings it."""
+        assert job.slurm_job_id is not None
+        try:
+            entries = [e for e in await self.slurm.job(job.slurm_job_id) if _names_job(e.comment, job.id)]
+        except SlurmError:
+            return
+        if not entries:
+            return
+        now = combine_jobs(job.slurm_job_id, entries) if job.spec.get("array") else entries[0]
+        old = job.state
+        job.state, job.reason, job.updated_at = now.state.value, now.reason, utcnow()
+        if job.state != old:
+            session.add(
+                JobEvent(
+                    job_id=job.id,
+                    workspace_id=job.workspace_id,
+                    old_state=old,
+                    new_state=job.state,
+                    reason=job.reason,
+                    at=utcnow(),
+                )
+            )
+
+
+def _names_job(comment: str, job_id: str) -> bool:
+    """Whether a Slurm job's comment names gateway job ``job_id`` (ids repeat; a job made elsewhere is taken)."""
+    origin = parse_comment(comment)
+    return origin is None or origin.job_id == job_id
 
 
 def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: str) -> Submission:
