@@ -42,10 +42,10 @@ SCRIPTS = {path.stem: path.read_text() for path in sorted(CORPUS_DIR.glob("*.sba
 CORPUS = {
     name: SCRIPTS[name]
     for name in (
-        "quarkmeson-single-gpu",
+        "covid-predict-train",
         "pytorch-ddp-tutorial-multinode",
         "amarel-array-throttled",
-        "hpcc-test-job-cpu",
+        "mlm-cluster-test-cpu",
     )
 }
 
@@ -71,7 +71,7 @@ ENV_NOT_COMPARED = re.compile(
     r"^(SLURM_JOB_ID|SLURM_JOBID|SLURM_ARRAY_JOB_ID|SLURM_TASK_PID|SLURM_JOB_START_TIME|SLURM_JOB_END_TIME"
     r"|SLURMD_NODENAME|SLURM_NODELIST|SLURM_JOB_NODELIST|SLURM_TOPOLOGY_ADDR|SLURM_JOB_GPUS|SLURM_STEP_GPUS"
     r"|CUDA_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL|ROCR_VISIBLE_DEVICES|SLURM_GPUS_ON_NODE_IDS"
-    r"|GEMINI_\w+|REMOTEGPU_USER_SCRIPT|_|OLDPWD)$"
+    r"|HOSTNAME|GEMINI_\w+|REMOTEGPU_USER_SCRIPT|_|OLDPWD)$"
 )
 """Per-job identity and placement (which job, node and GPUs it got); the gateway's documented /gemini layout."""
 
