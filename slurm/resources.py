@@ -3,7 +3,8 @@ controller count it. One place, used by the gateway's quota check and by the RES
 none of sbatch's own arithmetic). Pure functions over numbers.
 
 Checked on the test cluster with ``sbatch -H`` and ``scontrol show job``: ``--ntasks-per-gpu=1 --gpus=2`` gives
-2 tasks; ``--gpus-per-task=1 -n 2`` 2 GPUs; ``-N 2 -c 2`` (no task count) one task per node, 4 CPUs.
+2 tasks; ``--gpus-per-task=1 -n 2`` 2 GPUs; ``-N 2 -c 2`` (no task count) one task per node, 4 CPUs;
+``-N 2 --gpus=3`` 2 tasks, 2 CPUs.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def implied_tasks(request: Request) -> int | None:
     """The task count sbatch works out itself where none is given; None where it sets none.
 
     sbatch asks for ``gpus x ntasks-per-gpu`` tasks, or ``nodes x ntasks-per-node`` (one node unless told),
-    or with a node count and CPUs per task one task per node (which makes the CPU count
-    ``tasks x cpus-per-task``).
+    or with a node count one task per node (which makes the CPU count ``tasks x cpus-per-task``: slurmrestd
+    given ``-N 2`` alone makes a job of 1 CPU where sbatch makes one of 2).
     """
     if request.ntasks is not None:
         return None
@@ -43,8 +44,8 @@ def implied_tasks(request: Request) -> int | None:
     nodes = request.nodes or 1
     if request.ntasks_per_node:
         return nodes * request.ntasks_per_node
-    if request.nodes is not None and request.cpus_per_task is not None:
-        return max(nodes, 1)
+    if request.nodes is not None:
+        return nodes
     return None
 
 

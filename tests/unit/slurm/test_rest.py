@@ -104,7 +104,7 @@ def test_exclusive_with_and_without_a_value() -> None:
     ("options", "tasks"),
     [
         ({}, None),
-        ({"nodes": "2"}, None),  # one task per node without a CPU count changes nothing
+        ({"nodes": "2"}, "2"),  # one task per node: slurmrestd alone makes a job of 1 CPU, sbatch one of 2
         ({"nodes": "2", "cpus-per-task": "2"}, "2"),
         ({"ntasks-per-node": "2"}, "2"),  # one node unless told
         ({"nodes": "3", "ntasks-per-node": "2"}, "6"),
@@ -149,6 +149,7 @@ def test_daily_options_reach_slurmrestd_under_its_names() -> None:
     )
     assert (job["exclude_nodes"], job["nodelist"], job["no_requeue"]) == ("n2", "n1", True)
     assert (job["kill_on_invalid_dependency"], job["memory_per_gpu"]) == (True, "1G")
+    assert job_description({"gpus": "a100:3", "ntasks-per-gpu": "1"}, {})["tasks"] == "3"
     with pytest.raises(SubmitRejected, match="cannot signal the batch shell"):
         job_description({"signal": "B:USR1@60"}, {})
 
