@@ -193,25 +193,32 @@ class GatewayClient:
         raise ApiError(400, _field_problem("workspace", "choose a workspace with --workspace (or REMOTEGPU_WORKSPACE)"))
 
     def resolve_job(self, workspace: str, ref: str) -> dict[str, Any]:
-        """The job ``ref`` names: its gateway id, a unique prefix of it, or its Slurm job id."""
+        """The job ``ref`` names: its gateway id, a unique prefix of it (4+ hex digits), or its Slurm job id.
+
+        Digits alone are a Slurm id first, else a prefix (an id may start with digits only).
+        """
         if len(ref) == 32:
             job: dict[str, Any] = self.request("GET", f"/workspaces/{workspace}/jobs/{ref.lower()}")
             return job
-        if ref.isdigit():
-            params: dict[str, Any] = {"slurm_job_id": int(ref)}
-        elif 4 <= len(ref) < 32 and all(c in "0123456789abcdefABCDEF" for c in ref):
-            params = {"id_prefix": ref.lower()}
-        else:
+        is_prefix = 4 <= len(ref) < 32 and all(c in "0123456789abcdefABCDEF" for c in ref)
+        if not ref.isdigit() and not is_prefix:
             raise ApiError(
                 400, _field_problem("job", f"{ref!r} is not a job id (gateway id, a prefix of 4+ of it, or Slurm id)")
             )
-        found = self.request("GET", f"/workspaces/{workspace}/jobs", params={**params, "limit": 2})["items"]
-        if not found:
-            raise ApiError(404, _field_problem("job", f"no job {ref} in workspace {workspace}"))
-        if len(found) > 1 and "id_prefix" in params:
-            raise ApiError(400, _field_problem("job", f"{ref} names more than one job: give more of its id"))
-        newest: dict[str, Any] = found[0]  # a Slurm id may repeat (a wiped cluster): the newest job
-        return newest
+        path = f"/workspaces/{workspace}/jobs"
+        if ref.isdigit() and int(ref) > 0:
+            found = self.request("GET", path, params={"slurm_job_id": int(ref), "limit": 1})["items"]
+            if found:  # a Slurm id may repeat (a wiped cluster numbers from 1 again): the newest job
+                newest: dict[str, Any] = found[0]
+                return newest
+        if is_prefix:
+            found = self.request("GET", path, params={"id_prefix": ref.lower(), "limit": 2})["items"]
+            if len(found) > 1:
+                raise ApiError(400, _field_problem("job", f"{ref} names more than one job: give more of its id"))
+            if found:
+                only: dict[str, Any] = found[0]
+                return only
+        raise ApiError(404, _field_problem("job", f"no job {ref} in workspace {workspace}"))
 
 
 class _TransportErrors:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,9 +111,52 @@ def test_elapsed_like_squeue(started: str | None, ended: str | None, shown: str)
 
 
 def test_gpus_and_where() -> None:
-    allocated = {"state": "RUNNING", "nodes": ["n1", "n2"], "reason": None, "allocated": {"gres/gpu:a100": 4}}
+    allocated: dict[str, Any] = {
+        "state": "RUNNING",
+        "nodes": ["n1", "n2"],
+        "reason": None,
+        "allocated": {"gres/gpu:a100": 4},
+    }
     assert _gpus(allocated) == "a100:4" and _where(allocated) == "n1,n2"
-    waiting = {"state": "PENDING", "nodes": [], "reason": "Resources", "requested": {"gpus_per_node": 2, "nodes": 2}}
+    waiting: dict[str, Any] = {
+        "state": "PENDING",
+        "nodes": [],
+        "reason": "Resources",
+        "requested": {"gpus_per_node": 2, "nodes": 2},
+    }
     assert _gpus(waiting) == "4" and _where(waiting) == "(Resources)"
-    typed = {"state": "PENDING", "nodes": [], "reason": None, "requested": {"gpus": 1, "gpu_type": "a100"}}
+    typed: dict[str, Any] = {
+        "state": "PENDING",
+        "nodes": [],
+        "reason": None,
+        "requested": {"gpus": 1, "gpu_type": "a100"},
+    }
     assert _gpus(typed) == "a100:1" and _where(typed) == ""
+
+
+def test_jobs_are_found_by_id_prefix_or_slurm_id() -> None:
+    jobs = [
+        {"id": "191667" + "a" * 26, "slurm_job_id": 7},
+        {"id": "19ff" + "b" * 28, "slurm_job_id": 1916},
+        {"id": "19ff" + "c" * 28, "slurm_job_id": 8},
+    ]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if "slurm_job_id" in params:
+            found = [j for j in jobs if j["slurm_job_id"] == int(params["slurm_job_id"])]
+        else:
+            found = [j for j in jobs if str(j["id"]).startswith(params["id_prefix"])]
+        return httpx.Response(200, json={"items": found[: int(params["limit"])]})
+
+    client = GatewayClient("http://gw", "t", transport=httpx.MockTransport(answer))
+    assert client.resolve_job("ws", "1916")["slurm_job_id"] == 1916  # digits: a Slurm id first
+    assert client.resolve_job("ws", "19166")["slurm_job_id"] == 7  # no such Slurm job: a prefix of an id
+    assert client.resolve_job("ws", "7")["id"].startswith("1916")
+    with pytest.raises(ApiError, match="more than one job"):
+        client.resolve_job("ws", "19ff")
+    assert client.resolve_job("ws", "19ffc")["slurm_job_id"] == 8
+    with pytest.raises(ApiError, match="no job 9"):
+        client.resolve_job("ws", "9")
+    with pytest.raises(ApiError, match="not a job id"):
+        client.resolve_job("ws", "xyz!")
