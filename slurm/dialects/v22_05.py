@@ -251,7 +251,7 @@ def parse_associations_json(payload: bytes | str) -> list[Association]:
 
 
 # a node's gres / gres_used items: "gpu:a100:2(S:0-1)", "gpu:2", "gpu:a100:1(IDX:0)", "gpu:(null):0(IDX:N/A)"
-_GRES_ITEM = re.compile(r"(?:^|,)gpu(?::(?P<type>[^:(,]+))?:(?P<count>\d+)")
+_GRES_ITEM = re.compile(r"(?:^|,)gpu(?::(?P<type>\(null\)|[^:(,]+))?:(?P<count>\d+)")
 _INFINITE = 0xFFFFFFFE
 """uint32 values at or above this are Slurm's INFINITE / NO_VAL."""
 

@@ -23,3 +23,12 @@ def test_only_differences_are_set_and_dropped_limits_are_lifted() -> None:
     assert limit_changes(current, {"gres/gpu": 8, "cpu": 32}) == {"cpu": 32}
     assert limit_changes(current, {}) == {"gres/gpu": None, "cpu": None}  # node is not ours to lift
     assert limit_changes(current, {"gres/gpu": 8, "cpu": 64}) == {}
+
+
+def test_quota_patch_merges() -> None:
+    from gateway.workspaces.schemas import QuotaIn, QuotaPatch
+
+    current = QuotaIn(gpus=8, gpus_by_type={"a100": 4, "h100": 2}, cpus=64)
+    patched = QuotaPatch(gpus_by_type={"h100": None, "v100": 1}, cpus=None).applied_to(current)
+    assert patched == QuotaIn(gpus=8, gpus_by_type={"a100": 4, "v100": 1}, cpus=None)
+    assert QuotaPatch().applied_to(current) == current
