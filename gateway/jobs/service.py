@@ -37,7 +37,7 @@ from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
 from gateway.jobs.origin import instance_id, parse_comment, slurm_comment
 from gateway.jobs.quota import check_quota
-from gateway.jobs.schemas import LISTED, JobCreate, ListedJob
+from gateway.jobs.schemas import LISTED, JobCreate, ListedJob, job_spec, stored_spec
 from gateway.schemas import Pagination
 from gateway.users.models import User
 from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
@@ -55,7 +55,7 @@ from slurm.errors import (
 )
 from slurm.filenames import PatternValues, UnknownInPattern, expand
 from slurm.records import JobState
-from slurm.script import JobSpec, ScriptError, check_path, render
+from slurm.script import ScriptError, check_path, render
 
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 LISTABLE_STATES = frozenset({s.value for s in JobState} | {SUBMITTING, SUBMIT_FAILED})
@@ -169,11 +169,10 @@ class JobService:
             raise Forbidden("jobs are submitted by users with a POSIX account")
         posix_name = actor.posix_name
         check_quota(ws.quota, data)
-        fields = msgspec.structs.asdict(data)
-        work_dir = fields.pop("work_dir") or _posix_account(posix_name).pw_dir
+        work_dir = data.work_dir or _posix_account(posix_name).pw_dir
         try:
             check_path("work_dir", work_dir)
-            spec = msgspec.convert(fields, JobSpec)
+            spec = job_spec(data, work_dir)
             script = render(spec, container_runtime=self.settings.slurm_container_runtime)
         except ScriptError as exc:
             raise InvalidInput(exc.message, field=exc.field) from exc
@@ -352,16 +351,17 @@ class JobService:
         """
         job = await self.get(session, access, job_id)
         owner = await session.get_one(User, job.user_id)
-        is_array = bool(job.spec.get("array"))
+        spec = stored_spec(job.spec)
+        is_array = spec.array is not None
         if is_array and task is None:
             raise InvalidInput("this job is an array: say which task's output to read", field="task")
         if not is_array and task is not None:
             raise InvalidInput("this job is not an array", field="task")
-        if is_array and task not in task_ids(str(job.spec["array"])):
+        if spec.array is not None and task not in task_ids(spec.array):
             raise NotFound(f"job {job_id!r} has no array task {task}")
         pattern = job.stdout_path
-        if stream == "stderr" and job.spec.get("stderr"):
-            pattern = _in(job.work_dir, str(job.spec["stderr"]))
+        if stream == "stderr" and spec.stderr:
+            pattern = _in(job.work_dir, spec.stderr)
         if job.slurm_job_id is None:
             raise Conflict(f"job {job_id!r} has no Slurm job yet (state {job.state})", field="id")
         values = PatternValues(
@@ -455,7 +455,7 @@ def _names_job(comment: str, job_id: str) -> bool:
 
 def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: str) -> Submission:
     """The one way a recorded job goes to sbatch (first try or recovery): its script carries every option."""
-    options = {"comment": slurm_comment(instance, job.id)}
+    options = {"comment": slurm_comment(instance, job.id, job.spec.get("comment"))}
     return Submission(user=posix_name, account=account, script=job.script, work_dir=job.work_dir, options=options)
 
 
