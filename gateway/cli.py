@@ -346,9 +346,14 @@ def logout(client: GatewayClient) -> None:
 def submit(args: tuple[str, ...]) -> None:
     """Submit a batch script like sbatch: remotegpu submit [sbatch options] SCRIPT [ARGS].
 
-    Reads #SBATCH directives (the command line overrides them). Supported: -J -N -n -c --ntasks-per-node --gres
-    --gpus --gpus-per-node --mem --mem-per-cpu -t -p -q -a/--array -d/--dependency -o -e --export -D -H/--hold,
-    -A/--account (picks the workspace with that Slurm account), plus --workspace, --dataset, --model, --image.
+    Reads #SBATCH directives (the command line overrides them; a GPU-per-node form on the command line
+    replaces the script's --gres=gpu/--gpus-per-node). GPUs as written: --gres=gpu[:type][:N] and
+    --gpus-per-node (per node), -G/--gpus (per job), --gpus-per-task, --mem-per-gpu, --cpus-per-gpu,
+    --ntasks-per-gpu, --gpu-bind. Also -J -N (N or MIN-MAX) -n -c --ntasks-per-node --mem --mem-per-cpu -t
+    --time-min -p -q -a -d -o -e --open-mode --export --export-file -D -H --mail-type --mail-user --exclusive
+    -C -w -x -b --deadline --signal --requeue --no-requeue --reservation --nice --comment --wckey -m -L
+    --kill-on-invalid-dep, -A/--account (picks the workspace with that Slurm account), plus --workspace,
+    --dataset, --model, --image. Any other option is refused, by name and why.
     """
     from gateway.client.sbatch import job_request
     from slurm.directives import DirectiveError, split_command_line

@@ -125,6 +125,31 @@ _ALIASES = {"tasks-per-node": "ntasks-per-node"}
 _LONG_NAMES = sorted(_SBATCH.keys() | OPTIONS.keys())
 
 
+WHY_NOT: dict[str, str] = {
+    "uid": "jobs run as the submitting user",
+    "gid": "jobs run as the submitting user",
+    "get-user-env": "the job gets the environment you submit from",
+    "wrap": "give a script",
+    "clusters": "the gateway drives one cluster",
+    "cluster": "the gateway drives one cluster",
+    "bb": "no burst buffers here",
+    "bbf": "no burst buffers here",
+    "batch": "no batch features here",
+    "container": "use --image",
+    "input": "a batch job's standard input is not read here",
+    "nodefile": "the file is on your machine, not the gateway's: use -w",
+    "priority": "set by the site",
+    "reboot": "nodes are rebooted by the site",
+}
+"""Why an option of sbatch is not taken (the default: the gateway does not pass it on)."""
+
+
+def _why(shown: str) -> str:
+    name = shown.lstrip("-").split(" ", 1)[0]
+    name = _SHORT_TO_LONG.get(name, name) if len(name) == 1 else name
+    return f"{shown} ({WHY_NOT.get(name, 'not passed on by the gateway')})" if "(" not in shown else shown
+
+
 class DirectiveError(ValueError):
     def __init__(self, message: str, unsupported: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -309,7 +334,7 @@ def parse(script: str, argv: Sequence[str]) -> tuple[Options, list[str]]:
     script_args = reader.read()
     unsupported = sorted(set(bad_script + reader.unsupported))
     if unsupported:
-        raise DirectiveError("unsupported sbatch options: " + ", ".join(unsupported), unsupported)
+        raise DirectiveError("unsupported sbatch options: " + ", ".join(map(_why, unsupported)), unsupported)
     if reader.options.keys() & PER_NODE_GPUS:  # one request however it is spelled: the command line's
         from_script = {k: v for k, v in from_script.items() if k not in PER_NODE_GPUS}
     if {"requeue", "no-requeue"} & reader.options.keys():
