@@ -532,4 +532,7 @@ def render(
     head = ["#!/bin/bash", *(directives(spec) if sbatch_lines else []), "# rendered by RemoteGPU Gateway", "set -e"]
     # The user's variables come after the layout, so that e.g. their PATH cannot break it.
     env = [f"export {key}={shlex.quote(value)}" for key, value in sorted(spec.env.items())]
-    return "\n".join([*head, *_layout(mounts, gemini_root), *env, *setup, "set +e", run]) + "\n"
+    # This wrapper is a shell level the user's script does not have under plain sbatch: their program sees
+    # the SHLVL slurmd gave the job, as it would there.
+    shlvl = ['[ "${SHLVL-0}" -gt 0 ] 2>/dev/null && SHLVL=$((SHLVL - 1))']
+    return "\n".join([*head, *_layout(mounts, gemini_root), *env, *setup, *shlvl, "set +e", run]) + "\n"

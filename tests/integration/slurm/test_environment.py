@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pwd
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient, Submission
 from slurm.records import JobState
 from slurm.rest import RestSlurmClient
-from tests.integration.slurm.conftest import Cluster, PosixUserFactory, home_of
+from tests.cli_runner import UserCli, user_env
+from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory, home_of
 from tests.integration.slurm.test_client_contract import _member, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -138,3 +142,72 @@ async def test_runuser_gives_sbatch_the_submitters_environment_too(
     )
     env = await _job_env(client, await client.submit(submission), home)
     assert env["RGPU_TRICKY"] == TRICKY and env["SLURM_SUBMIT_DIR"] == home and env["SHLVL"] == "2"
+
+
+# --- end to end: `remotegpu submit` as the user, against raw sbatch from the same shell -------------------------
+
+ENV_SCRIPT = "#!/bin/bash\n#SBATCH --time=2\nenv -0 | sort -z | tr '\\0' '\\036' > \"$HOME/env-$SLURM_JOB_ID.out\"\n"
+_GATEWAY_ONLY = re.compile(r"^(GEMINI_\w+)=")
+"""What the gateway's script adds on purpose: the documented /gemini layout."""
+
+
+def _login(gateway: Gateway, user: str, home: str, account: str) -> UserCli:
+    root_token = gateway.token("root", admin=True)
+    gateway.token(user)
+    made = httpx.post(
+        gateway.url + "/api/v1/workspaces",
+        headers={"Authorization": f"Bearer {root_token}"},
+        json={"slug": f"env-{account}", "name": "env", "owner": user, "slurm_account": account},
+    )
+    assert made.status_code == 201, made.text
+    cli = UserCli(user, home)
+    login = cli("login", "--url", gateway.url, "--username", user, extra_env={"REMOTEGPU_PASSWORD": f"{user}-password"})
+    assert login.returncode == 0, login.stderr
+    script = Path(home, "env.sh")
+    script.write_text(ENV_SCRIPT)
+    owner = pwd.getpwnam(user)
+    os.chown(script, owner.pw_uid, owner.pw_gid)
+    return cli
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    for _ in range(120):
+        if path.exists() and path.stat().st_size:
+            break
+        time.sleep(0.5)
+    entries = path.read_text().split("\x1e")
+    return dict(e.split("=", 1) for e in entries if e and not _NODE_OR_JOB.match(e) and not _GATEWAY_ONLY.match(e))
+
+
+@pytest.mark.parametrize("export", [None, "NONE"])
+def test_remotegpu_submit_gives_the_job_the_environment_sbatch_gives_it(
+    export: str | None, gateway: Gateway, slurm_cluster: Cluster, posix_user: PosixUserFactory, slurm_account: str
+) -> None:
+    user = posix_user()
+    home = home_of(user)
+    cli = _login(gateway, user, home, slurm_account)
+    mine = {"RGPU_TRICKY": TRICKY, "SHLVL": "1", "PWD": home, "SLURM_CONF": slurm_cluster.conf}
+    options = [f"--export={export}"] if export else []
+    submitted = cli("submit", *options, "env.sh", cwd=home, extra_env=mine)
+    assert submitted.returncode == 0, submitted.stderr
+    slurm_id = re.search(r"Slurm job (\d+)", submitted.stdout)
+    assert slurm_id, submitted.stdout
+    raw = subprocess.run(  # then sbatch at the same prompt (the association exists now)
+        [
+            *("runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in user_env(home, mine).items())),
+            *("sbatch", *options, f"--account={slurm_account}", "--parsable", "env.sh"),
+        ],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert raw.returncode == 0, raw.stderr
+    via_sbatch = _env_file(Path(home, f"env-{raw.stdout.strip().split(';')[0]}.out"))
+    via_gateway = _env_file(Path(home, f"env-{slurm_id[1]}.out"))
+    assert via_gateway == via_sbatch
+    if export is None:
+        assert via_gateway["RGPU_TRICKY"] == TRICKY
+    else:
+        assert "RGPU_TRICKY" not in via_gateway and via_gateway["SLURM_EXPORT_ENV"] == "NONE"
+    assert not any(k.startswith("REMOTEGPU_") for k in via_gateway)  # the CLI's URL and token stayed home
