@@ -378,12 +378,35 @@ def submit(args: tuple[str, ...]) -> None:
     except DirectiveError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    def send(client: Any) -> Any:
+    def send(client: Any) -> tuple[str, Any]:
         ws = client.workspace_for(request.workspace, request.account)
-        return client.request("POST", f"/workspaces/{ws}/jobs", json=request.body)
+        return ws, client.request("POST", f"/workspaces/{ws}/jobs", json=request.body)
 
-    job = _client_call(send)
-    click.echo(f"Submitted job {job['id']} (Slurm job {job['slurm_job_id']})")
+    ws, job = _client_call(send)
+    if request.parsable:  # sbatch's "jobid[;cluster]": for jid=$(remotegpu submit --parsable ...) and -d afterok:$jid
+        click.echo(str(job["slurm_job_id"]))
+    else:
+        click.echo(f"Submitted job {job['id']} (Slurm job {job['slurm_job_id']})")
+    if request.wait:
+        sys.exit(_client_call(lambda client: _wait_for_end(client, ws, job["id"])))
+
+
+_ENDED_UNSUBMITTED = "SUBMIT_FAILED"
+WAIT_POLL_SECONDS = 2.0
+
+
+def _wait_for_end(client: GatewayClient, ws: str, job_id: str) -> int:
+    """``sbatch --wait``: poll the job until it has ended; its exit code (an array's: the highest of its tasks,
+    which the gateway reports), 1 for a job that ended without one (cancelled, never submitted...)."""
+    import time
+
+    while True:
+        job = client.request("GET", f"/workspaces/{ws}/jobs/{job_id}")
+        state = job["state"]
+        if (state == _ENDED_UNSUBMITTED or JobState.parse(state).is_terminal) and not job.get("state_unknown"):
+            code = int(job.get("exit_code") or 0)
+            return code if code or state == JobState.COMPLETED.value else 1
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 JOB_STATES = sorted({*(s.value for s in JobState), "SUBMITTING", "SUBMIT_FAILED"})

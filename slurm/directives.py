@@ -40,6 +40,8 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "export-file": (None, True),
     "chdir": ("D", True),
     "hold": ("H", False),
+    "parsable": (None, False),
+    "wait": ("W", False),
     "gpus-per-task": (None, True),
     "cpus-per-gpu": (None, True),
     "mem-per-gpu": (None, True),

@@ -215,6 +215,10 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
     workspace: str | None
     account: str | None
     body: dict[str, Any]
+    parsable: bool = False
+    """``--parsable``: print only ``jobid`` (sbatch's ``jobid[;cluster]``; this gateway drives one cluster)."""
+    wait: bool = False
+    """``-W/--wait``: return when the job has ended, with its exit code."""
 
 
 def job_request(
@@ -250,4 +254,6 @@ def job_request(
         workspace=workspace if isinstance(workspace, str) else None,
         account=account if isinstance(account, str) else None,
         body=body,
+        parsable="parsable" in options,
+        wait="wait" in options,
     )
