@@ -206,6 +206,8 @@ def test_user_commands_end_to_end(
     me = httpx.get(gateway.url + "/api/v1/me", headers={"Authorization": f"Bearer {token[1]}"})
     assert me.status_code == 401
     one_line_error(cli("jobs"), "not logged in")
+    revoked = {"REMOTEGPU_URL": gateway.url, "REMOTEGPU_TOKEN": token[1]}
+    one_line_error(cli("jobs", extra_env=revoked), "expired or revoked", "remotegpu login")
 
 
 def test_state_filter_is_checked_by_the_gateway(gateway: Gateway, user: tuple[str, str], slurm_account: str) -> None:
