@@ -44,6 +44,7 @@ from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
 from gateway.workspaces.service import WorkspaceAccess
 from slurm.arrays import combine_jobs, task_ids
 from slurm.client import SlurmClient, Submission
+from slurm.environment import submitted as crossing_environment
 from slurm.errors import (
     InvalidAccount,
     InvalidPartition,
@@ -174,6 +175,8 @@ class JobService:
             check_path("work_dir", work_dir)
             spec = job_spec(data, work_dir)
             script = render(spec, container_runtime=self.settings.slurm_container_runtime)
+            if spec.environment is not None:  # what never crosses is not even stored
+                spec = msgspec.structs.replace(spec, environment=crossing_environment(spec.environment))
         except ScriptError as exc:
             raise InvalidInput(exc.message, field=exc.field) from exc
         except msgspec.ValidationError as exc:
@@ -455,8 +458,17 @@ def _names_job(comment: str, job_id: str) -> bool:
 
 def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: str) -> Submission:
     """The one way a recorded job goes to sbatch (first try or recovery): its script carries every option."""
-    options = {"comment": slurm_comment(instance, job.id, job.spec.get("comment"))}
-    return Submission(user=posix_name, account=account, script=job.script, work_dir=job.work_dir, options=options)
+    options: dict[str, str | None] = {"comment": slurm_comment(instance, job.id, job.spec.get("comment"))}
+    if job.spec.get("export") is not None:  # on sbatch's command line: values may hold what a directive cannot
+        options["export"] = job.spec["export"]
+    return Submission(
+        user=posix_name,
+        account=account,
+        script=job.script,
+        work_dir=job.work_dir,
+        options=options,
+        environment=job.spec.get("environment"),
+    )
 
 
 def _replayed(existing: TrainingJob, fingerprint: str | None) -> TrainingJob:
