@@ -302,11 +302,11 @@ def _slurm_env(cluster: Cluster) -> dict[str, str]:
 
 # --- comparing ---------------------------------------------------------------------------------------------
 
-_KEY = re.compile(r"(?:^|(?<= ))([A-Za-z][\w/:]*)=")
+_KEY = re.compile(r"(?:^|(?<= ))([A-Z][\w/:]*)=")
 
 
 def show_job(cluster: Cluster, job_id: int) -> dict[str, str]:
-    """``scontrol show job -o`` as a dict (values may hold blanks: a key is a word before '=' after a blank)."""
+    """``scontrol show job -o`` as a dict (a value may hold blanks: a key is a capitalised word, "=", after a blank)."""
     line = cluster.run("scontrol", "show", "job", "-o", str(job_id)).splitlines()[0].rstrip()
     keys = list(_KEY.finditer(line))
     return {
