@@ -136,7 +136,8 @@ class JobController(Controller):
     ) -> Response[JobLogs] | Stream:
         """The last ``lines`` lines of the job's output; with ``follow``, then everything it writes until it ends.
 
-        The file is read only if it is a regular file owned by the job's user (403 otherwise).
+        The file is opened as the job's user and must be a regular file (403 otherwise): the answer tells only
+        what that user could see for themselves.
         """
         source = await jobs.log_file(db_session, access, job_id, stream, task)
         try:

@@ -1,15 +1,19 @@
 """Reading a job's output files for its user: the last lines, or everything new as it is written.
 
-The gateway reads as root, but only what the job's user could have written: the file is opened without
-blocking (a FIFO cannot hang a thread), and must be a regular file owned by the job's POSIX user, checked on
-the opened descriptor (a symlink swapped in between cannot redirect the read). A user who points ``--output``
-at someone else's file gets a refusal, not its content.
+The file is opened with the job user's credentials, not the gateway's: a gateway running as root forks a child
+that drops to the user's uid, gid and groups, opens the path and hands the descriptor back over a socket pair
+(SCM_RIGHTS). So an answer says only what the user could have learnt with ``cat``: whether a path exists where the
+user cannot look is never told. The open does not block (a FIFO cannot hang a thread) and what it opened must be a
+regular file (checked on the descriptor). A gateway that is not root can open only its own files: it reads those
+of its own user, owned by that user, and refuses the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO
@@ -23,24 +27,73 @@ class LogUnreadable(Exception):
     """The path exists but is not the job user's regular file."""
 
 
+_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_MISSING, _OPENED, _REFUSED = b"N", b"F", b"E"
+
+
 def open_owned(path: str, uid: int) -> IO[bytes] | None:
-    """``path`` opened for reading if it is ``uid``'s regular file; None if there is none (yet)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+    """``path`` opened for reading as the POSIX user ``uid``, if it is a regular file; None if there is none (yet)."""
+    fd = _open_as(path, uid) if os.geteuid() == 0 and uid != 0 else _open_here(path, uid)
+    if fd is None:
         return None
-    except PermissionError as exc:
-        raise LogUnreadable(f"{path} cannot be read: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise LogUnreadable(f"{path} is not a regular file")
-        if info.st_uid != uid:
-            raise LogUnreadable(f"{path} does not belong to the job's user")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_here(path: str, uid: int) -> int | None:
+    try:
+        fd = os.open(path, _FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise LogUnreadable(f"{path} cannot be read by the job's user") from None
+    if os.geteuid() != 0 and os.fstat(fd).st_uid != uid:
+        os.close(fd)  # not root: the gateway's own rights are not the user's
+        raise LogUnreadable(f"{path} cannot be read by the job's user")
+    return fd
+
+
+def _open_as(path: str, uid: int) -> int | None:
+    """Open ``path`` in a child process that has become the user; its descriptor comes back over a socket."""
+    account = pwd.getpwuid(uid)
+    groups = os.getgrouplist(account.pw_name, account.pw_gid)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; only system calls, then _exit (never back into the gateway)
+            status = 1
+            try:
+                os.setgroups(groups)
+                os.setresgid(account.pw_gid, account.pw_gid, account.pw_gid)
+                os.setresuid(uid, uid, uid)
+                try:
+                    fd = os.open(path, _FLAGS)
+                except (FileNotFoundError, NotADirectoryError):
+                    theirs.sendall(_MISSING)
+                except OSError:
+                    theirs.sendall(_REFUSED)
+                else:
+                    socket.send_fds(theirs, [_OPENED], [fd])
+                status = 0
+            finally:
+                os._exit(status)
+        theirs.close()
+        try:
+            answer, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        finally:
+            os.waitpid(pid, 0)
+    if answer == _OPENED and fds:
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    if answer == _MISSING:
+        return None
+    raise LogUnreadable(f"{path} cannot be read by the job's user")
 
 
 def tail_start(fh: IO[bytes], lines: int) -> int:

@@ -79,7 +79,7 @@ def _cli_env(gateway: Gateway, headers: dict[str, str]) -> dict[str, str]:
 async def test_only_the_users_own_regular_file_is_read(
     api: httpx.AsyncClient, make_user: UserFactory, posix_user: PosixUserFactory, slurm_account: str
 ) -> None:
-    """The gateway reads as root: a user's --output pointing at another's file must not leak it."""
+    """The file is opened as the job's user: a user's --output pointing at another's file must not leak it."""
     team = await make_team(api, make_user, posix_user, slurm_account)
     alice = team["names"]["alice"]
     home = Path(home_of(alice))
@@ -103,7 +103,8 @@ async def test_only_the_users_own_regular_file_is_read(
         assert fifo.status_code == 403 and "regular file" in fifo.text
 
         out.unlink()
-        out.write_text("made by root\n")  # in her home, but not hers
+        out.write_text("made by root\n")  # in her home, but not hers, and closed to her
+        out.chmod(0o600)
         assert (await api.get(logs, headers=team["alice"])).status_code == 403
 
         entry = pwd.getpwnam(alice)
