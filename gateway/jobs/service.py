@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import pwd
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache, partial
@@ -154,6 +155,18 @@ class JobService:
         await self._ensure_association(*key)
         return await self.slurm.submit(submission)
 
+    async def _slurm_dependency(self, workspace_id: int, dependency: str) -> str:
+        """``dependency`` with the gateway ids of the workspace's jobs replaced by their Slurm ids (sbatch knows
+        only those); one that is not a job of this workspace with a Slurm id is a 400 naming ``dependency``."""
+        ids = set(_GATEWAY_ID.findall(dependency))
+        if not ids:
+            return dependency
+        known = await self.database.run(partial(_slurm_ids, workspace_id, ids), write=False)
+        missing = sorted(i for i in ids if known.get(i) is None)
+        if missing:
+            raise InvalidInput(f"no job {missing[0]} submitted to Slurm in this workspace", field="dependency")
+        return _GATEWAY_ID.sub(lambda m: str(known[m[0]]), dependency)
+
     async def submit(
         self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
     ) -> tuple[JobView, bool]:
@@ -171,6 +184,8 @@ class JobService:
         posix_name = actor.posix_name
         check_quota(ws.quota, data)
         work_dir = data.work_dir or _posix_account(posix_name).pw_dir
+        if data.dependency is not None:
+            data = msgspec.structs.replace(data, dependency=await self._slurm_dependency(ws.id, data.dependency))
         try:
             check_path("work_dir", work_dir)
             spec = job_spec(data, work_dir)
@@ -542,6 +557,18 @@ def _record_submission(row: dict[str, Any], audit: dict[str, Any], session: Sess
     session.execute(_INSERT_JOB, {**row, "submit_attempt_at": utcnow()})
     session.execute(_INSERT_AUDIT, audit)
     return None
+
+
+_GATEWAY_ID = re.compile(r"(?<=:)[0-9a-f]{32}(?=[_+:,?]|$)")
+"""A gateway job id in a ``--dependency`` list (``afterok:<id>[_task][+time]``)."""
+
+
+def _slurm_ids(workspace_id: int, ids: set[str], session: Session) -> dict[str, int | None]:
+    """Unit of work: the Slurm ids of the workspace's jobs among ``ids``."""
+    query = select(TrainingJob.id, TrainingJob.slurm_job_id).where(
+        TrainingJob.workspace_id == workspace_id, TrainingJob.id.in_(ids)
+    )
+    return {job_id: slurm_id for job_id, slurm_id in session.execute(query)}
 
 
 def _by_key(user_id: int | None, key: str | None, session: Session) -> TrainingJob | None:

@@ -56,3 +56,13 @@ def test_wait_returns_the_jobs_exit_code_once_it_has_ended(
     )
     assert cli._wait_for_end(client, "lab", "abc") == code  # type: ignore[arg-type]
     assert client.asked == ["GET /workspaces/lab/jobs/abc"] * 5
+
+
+def test_gateway_ids_are_found_wherever_sbatch_takes_a_job_id() -> None:
+    from gateway.jobs.service import _GATEWAY_ID
+
+    a, b = "a" * 32, "0123456789abcdef" * 2
+    dependency = f"afterok:{a}:123_4,afterany:{b}_2+5?singleton"
+    assert _GATEWAY_ID.findall(dependency) == [a, b]
+    assert _GATEWAY_ID.sub(lambda m: {a: "7", b: "8"}[m[0]], dependency) == "afterok:7:123_4,afterany:8_2+5?singleton"
+    assert _GATEWAY_ID.findall(f"afterok:{a}0") == []  # 33 hex digits: a Slurm id? no: not ours either

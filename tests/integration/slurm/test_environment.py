@@ -19,7 +19,8 @@ from slurm.client import SlurmClient, Submission
 from slurm.records import JobState
 from slurm.rest import RestSlurmClient
 from tests.cli_runner import UserCli, user_env
-from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory, home_of
+from tests.conftest import UserFactory
+from tests.integration.slurm.conftest import WS, Cluster, Gateway, PosixUserFactory, home_of, make_team
 from tests.integration.slurm.test_client_contract import _member, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -211,3 +212,45 @@ def test_remotegpu_submit_gives_the_job_the_environment_sbatch_gives_it(
     else:
         assert "RGPU_TRICKY" not in via_gateway and via_gateway["SLURM_EXPORT_ENV"] == "NONE"
     assert not any(k.startswith("REMOTEGPU_") for k in via_gateway)  # the CLI's URL and token stayed home
+
+
+# --- dependencies by gateway id ------------------------------------------------------------------------------
+
+
+async def test_dependencies_take_gateway_ids_of_the_workspaces_jobs(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    slurm_cluster: Cluster,
+) -> None:
+    team = await make_team(api, make_user, posix_user, slurm_account)
+    first = await api.post(
+        f"{WS}/lab/jobs", json={"name": "first", "command": ["sleep", "300"], "hold": True}, headers=team["alice"]
+    )
+    assert first.status_code == 201, first.text
+    gateway_id, slurm_id = first.json()["id"], first.json()["slurm_job_id"]
+    second = await api.post(
+        f"{WS}/lab/jobs",
+        json={"name": "second", "command": ["true"], "hold": True, "dependency": f"afterok:{gateway_id}:{slurm_id}"},
+        headers=team["alice"],
+    )
+    assert second.status_code == 201, second.text
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        ["scontrol", "show", "job", str(second.json()["slurm_job_id"])],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "SLURM_CONF": slurm_cluster.conf},
+    )
+    dependency = next(w for w in shown.stdout.split() if w.startswith("Dependency="))
+    assert dependency.startswith(f"Dependency=afterok:{slurm_id}") and gateway_id not in dependency, dependency
+    unknown = await api.post(
+        f"{WS}/lab/jobs",
+        json={"name": "third", "command": ["true"], "dependency": f"afterany:{'0' * 32}"},
+        headers=team["alice"],
+    )
+    assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "dependency", unknown.text
+    for job in (first, second):
+        await api.post(f"{WS}/lab/jobs/{job.json()['id']}/cancel", headers=team["alice"])
