@@ -111,6 +111,8 @@ def test_unsupported_options_are_listed_together() -> None:
     with pytest.raises(DirectiveError) as err:
         parse("#!/bin/bash\n#SBATCH --mail-user=x --get-user-env\n", ["--uid=0", "-N2"])
     assert err.value.unsupported == ["--get-user-env", "--uid"]
+    assert "--uid (jobs run as the submitting user)" in str(err.value)
+    assert "--get-user-env (the job gets the environment you submit from)" in str(err.value)
 
 
 def test_values_of_unsupported_options_are_skipped_so_all_are_listed() -> None:
