@@ -285,19 +285,31 @@ def submitter(
         assert login.returncode == 0, login.stderr
         yield sub
     finally:
-        subprocess.run(["scancel", "-u", user], env=_slurm_env(slurm_cluster), check=False, capture_output=True)
-        subprocess.run(
-            ["sacctmgr", "-i", "remove", "account", account],
-            env=_slurm_env(slurm_cluster),
-            check=False,
-            capture_output=True,
-        )
+        _remove_account(slurm_cluster, user, account)
         server.terminate()
         server.wait(10)
 
 
 def _slurm_env(cluster: Cluster) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "SLURM_CONF": cluster.conf}
+
+
+def _remove_account(cluster: Cluster, user: str, account: str) -> None:
+    """Cancel the user's jobs, wait until Slurm has let go of them, then remove the account.
+
+    Removing an account whose jobs are still being cancelled crashed this slurmdbd 22.05 (a segfault in its
+    connection from slurmctld, again at every restart while slurmctld replayed those jobs' records).
+    """
+    env = _slurm_env(cluster)
+    subprocess.run(["scancel", "-u", user], env=env, check=False, capture_output=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = subprocess.run(["squeue", "-h", "-u", user], env=env, capture_output=True, text=True, check=False)
+        if left.returncode == 0 and not left.stdout.strip():
+            break
+        time.sleep(1)
+    time.sleep(3)  # the jobs' end records reach slurmdbd
+    subprocess.run(["sacctmgr", "-i", "remove", "account", account], env=env, check=False, capture_output=True)
 
 
 # --- comparing ---------------------------------------------------------------------------------------------
