@@ -30,7 +30,7 @@ from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.jobs import events
 from gateway.jobs.events import Listener, StateChange
-from gateway.jobs.models import SUBMITTING, TrainingJob
+from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TrainingJob
 from gateway.jobs.origin import instance_id, parse_comment
 from gateway.jobs.service import FINAL_STATES, JobService
 from slurm.arrays import combine_jobs, combine_records, listed_task_ids, task_counts, task_ids
@@ -48,6 +48,10 @@ STATE_CHANGES = Counter("remotegpu_job_state_changes_total", "Job state changes 
 
 ACTIVE = TrainingJob.state.not_in(FINAL_STATES)
 UNSUBMITTED = (TrainingJob.state == SUBMITTING) & TrainingJob.slurm_job_id.is_(None)
+REMEMBERED = timedelta(seconds=270)
+"""How long Slurm surely still lists a job that ended: its MinJobAge (default 300 s), less a margin. Without job
+comments in accounting (``AccountingStoreFlags=job_comment``), only squeue can show that a job was submitted,
+so only jobs whose last sbatch began within this long before squeue was asked are submitted again."""
 RESUBMITTED = Counter("remotegpu_jobs_resubmitted_total", "Recorded jobs submitted by recovery after a crash")
 
 
@@ -151,7 +155,7 @@ class Poller:
         if self._instance is None:
             self._instance = await instance_id(self.database)
         asked_at = utcnow()  # before squeue: any sbatch over by then shows its job in the answer
-        cutoff = asked_at - self.jobs.lease if self.jobs is not None else None
+        window = Window.at(asked_at, self.jobs.lease) if self.jobs is not None else None
         try:
             snapshot = Snapshot(await self.slurm.jobs(), self._instance)
             result.slurm_calls += 1
@@ -159,6 +163,8 @@ class Poller:
         except SlurmError as exc:
             await self._unreachable(exc)
             result.reachable = False
+            if self.cluster is not None:
+                await self.cluster.refresh()  # records why the cluster snapshot is stale, if it fails too
             return result
         # jobs to look up in accounting: gone from squeue, or arrays some of whose tasks are
         # (and recorded jobs squeue does not show whose sbatch is surely over: did they run and leave already?)
@@ -166,7 +172,12 @@ class Poller:
             created
             for job_id, slurm_id, array, created, attempt in watched
             if (slurm_id is not None and (not snapshot.listed(slurm_id) or snapshot.missing_tasks(slurm_id, array)))
-            or (slurm_id is None and _lease_over(attempt, cutoff) and job_id not in snapshot.by_gateway_id)
+            or (
+                slurm_id is None
+                and window is not None
+                and window.lease_over(attempt)
+                and job_id not in snapshot.by_gateway_id
+            )
         ]
         records = Accounting([])
         if accounted:
@@ -178,7 +189,7 @@ class Poller:
             result.slurm_calls += 1
             SLURM_CALLS.labels("sacct").inc()
 
-        orphans, by_state = await self.database.run(partial(_settle, snapshot, records, result, cutoff))
+        orphans, by_state = await self.database.run(partial(_settle, snapshot, records, result, window))
         for change in result.events:
             STATE_CHANGES.labels(change.new).inc()
         result.orphans_cancelled = await self._cancel(orphans)
@@ -216,9 +227,20 @@ class Poller:
         return len(orphans)
 
 
-def _lease_over(attempt: datetime, cutoff: datetime | None) -> bool:
-    """Whether an sbatch that began at ``attempt`` is surely over at the time ``cutoff`` is a lease before."""
-    return cutoff is not None and attempt < cutoff
+class Window(msgspec.Struct, frozen=True):
+    """Which recorded jobs Slurm does not show may be submitted again: those whose last sbatch began before
+    ``over`` (a lease before squeue was asked: that sbatch is over, so its job would be listed) and after
+    ``remembered`` (so a job it made that already ended would still be listed, REMEMBERED)."""
+
+    over: datetime
+    remembered: datetime
+
+    @classmethod
+    def at(cls, asked_at: datetime, lease: timedelta) -> Window:
+        return cls(over=asked_at - lease, remembered=asked_at - REMEMBERED)
+
+    def lease_over(self, attempt: datetime) -> bool:
+        return attempt < self.over
 
 
 def _unsettled_before(moment: datetime, session: Session) -> bool:
@@ -229,10 +251,10 @@ def _unsettled_before(moment: datetime, session: Session) -> bool:
 
 async def recover_at_startup(poller: Poller, interval: float) -> None:
     """Settle what a crash left (adopt, or submit again), polling until no job recorded before start-up is
-    without a Slurm id, or three leases have passed (then the worker's poller goes on with it)."""
+    without a Slurm id: by REMEMBERED after start-up each is adopted, submitted or failed (then it stops)."""
     started = utcnow()
     lease = poller.jobs.lease if poller.jobs is not None else timedelta(0)
-    deadline = time.monotonic() + 3 * lease.total_seconds() + interval
+    deadline = time.monotonic() + (REMEMBERED + 2 * lease).total_seconds() + interval
     while await poller.database.run(partial(_unsettled_before, started), write=False):
         try:
             result = await poller.poll_once()
@@ -259,14 +281,14 @@ def _watched(session: Session) -> list[tuple[str, int | None, str | None, dateti
 
 
 def _settle(
-    snapshot: Snapshot, records: Accounting, result: PollResult, cutoff: datetime | None, session: Session
+    snapshot: Snapshot, records: Accounting, result: PollResult, window: Window | None, session: Session
 ) -> tuple[list[Job], dict[str, int]]:
     """Unit of work: every unfinished job brought up to date, with the events of its changes; the orphans to
     cancel, and the unfinished jobs counted by state. Rows another poller is settling are skipped (PostgreSQL:
     SKIP LOCKED), so two gateways, or a gateway's start-up recovery beside a worker, never both adopt a job."""
     active = list(session.scalars(select(TrainingJob).where(ACTIVE).with_for_update(skip_locked=True)))
     for job in active:
-        change = update_job(job, snapshot, records, result, cutoff)
+        change = update_job(job, snapshot, records, result, window)
         if change is not None:
             result.events.append(change)
     result.changed = len([o for o in session.dirty if isinstance(o, TrainingJob)])
@@ -296,12 +318,13 @@ def _orphans(session: Session, snapshot: Snapshot) -> list[Job]:
 
 
 def update_job(
-    job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult, cutoff: datetime | None = None
+    job: TrainingJob, snapshot: Snapshot, records: Accounting, result: PollResult, window: Window | None = None
 ) -> StateChange | None:
     """Bring one job up to date with Slurm's snapshot and accounting; its state change, if any.
 
-    A job without a Slurm id is adopted if Slurm shows its comment; if not, and its last sbatch began before
-    ``cutoff`` (a lease before squeue was asked) and sacct answered, it goes to ``result.unsubmitted``."""
+    A job without a Slurm id is adopted if Slurm shows its comment. If not, and its last sbatch is over (the
+    ``window``) and sacct answered, it goes to ``result.unsubmitted``; if that sbatch began too long ago for
+    Slurm to still list what it made, whether it ran cannot be told: the job fails rather than run twice."""
     old = job.state
     if job.slurm_job_id is None:
         found = snapshot.by_gateway_id.get(job.id)
@@ -309,9 +332,15 @@ def update_job(
             found_record = _record_of(records, job.id)
             if found_record is None:
                 attempt = job.submit_attempt_at or job.created_at
-                if job.state == SUBMITTING and records.complete and _lease_over(attempt, cutoff):
+                if job.state != SUBMITTING or not records.complete or window is None or not window.lease_over(attempt):
+                    return None
+                if attempt >= window.remembered:
                     result.unsubmitted.append(job.id)
-                return None
+                    return None
+                job.state, job.reason = SUBMIT_FAILED, "not known to Slurm, and too long ago to submit it safely"
+                return StateChange(
+                    job_id=job.id, workspace_id=job.workspace_id, old=old, new=job.state, reason=job.reason
+                )
             job.slurm_job_id, job.submitted_at = found_record.array_job_id or found_record.job_id, None
         else:
             job.slurm_job_id, job.submitted_at = snapshot.slurm_id(found), found.submit_time

@@ -16,10 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
+import pytest
 
 from gateway.jobs.origin import parse_comment
 from tests.integration.slurm.conftest import Cluster, PosixUserFactory
@@ -164,3 +168,142 @@ def _post_ignoring_death(url: str, body: Mapping[str, object], headers: Mapping[
     """The submission whose gateway is killed: its connection drops, or it completes if the gate lost."""
     with suppress(httpx.TransportError):
         httpx.post(url, json=body, headers=headers, timeout=60)
+
+
+BURST = 48
+"""More than the CLI backend runs at once (32): when the gateway dies, some jobs are recorded and still waiting
+for their sbatch, others are in sbatch, others done; the kill comes once most are recorded."""
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
+def test_gateway_killed_during_a_burst_every_retried_job_runs_once(
+    db_backend: str,
+    slurm_cluster: Cluster,
+    make_database_url: Callable[[str], str],
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    tmp_path: Path,
+) -> None:
+    """Before recovery finished submissions, a job recorded but not yet sbatched when the gateway died came back
+    to the client's retry as SUBMITTING and ended SUBMIT_FAILED "never reached Slurm". Now the restarted gateway
+    (no worker runs) submits it once no sbatch of it can still be running, and every retry gets its one job."""
+    url = make_database_url(db_backend)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
+    env.update(
+        REMOTEGPU_DATABASE_URL=url,
+        REMOTEGPU_SLURM_CONF=slurm_cluster.conf,
+        REMOTEGPU_LOG_LEVEL="INFO",
+        REMOTEGPU_SLURM_TIMEOUT_SECONDS="5",  # the lease: 10 s after an sbatch began it is surely over
+        REMOTEGPU_POLL_INTERVAL_SECONDS="1",
+    )
+    user = posix_user()
+    run_cli(env, "db", "upgrade")
+    run_cli(env, "admin", "create-user", "root", "--admin", password="root-password")
+    run_cli(env, "admin", "create-user", user, password="user-password")
+    root = {"Authorization": f"Bearer {run_cli(env, 'token', 'create', 'root')}"}
+    alice = {"Authorization": f"Bearer {run_cli(env, 'token', 'create', user)}"}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/api/v1"
+    jobs_url = base + "/workspaces/burst-lab/jobs"
+    log = tmp_path / "serve.log"
+    keys = [f"burst-{i}" for i in range(BURST)]
+    body = {"name": "burst", "command": ["true"], "time_minutes": 2}
+
+    with gateway(env, port, log) as server:
+        r = httpx.post(
+            base + "/workspaces",
+            headers=root,
+            json={"slug": "burst-lab", "name": "B", "owner": user, "slurm_account": slurm_account},
+        )
+        assert r.status_code == 201, r.text
+        requests = [
+            threading.Thread(
+                target=_post_ignoring_death, args=(jobs_url, body, {**alice, "Idempotency-Key": k}), daemon=True
+            )
+            for k in keys
+        ]
+        for request in requests:
+            request.start()
+        wait_for("most jobs recorded", partial(_recorded, url, 40), within=60)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(10)
+    for request in requests:
+        request.join(30)
+    killed_at = datetime.now(UTC)
+    left = _unsubmitted(url)
+    assert left, "the kill came after every job had its Slurm id: nothing was left to recover"
+
+    with gateway(env, port, log):  # its start-up recovery settles what the kill left; no worker runs
+        try:
+            answers = {key: _retry_until_settled(jobs_url, body, {**alice, "Idempotency-Key": key}) for key in keys}
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- gateway log:\n{log.read_text()[-6000:]}") from exc
+    assert all(job["slurm_job_id"] for job in answers.values()), answers
+    rows = _rows(url)
+    assert sorted(key for key, _, _ in rows) == sorted(keys)  # one row per key, none lost, none twice
+    assert {key: job_id for key, job_id, _ in rows} == {key: job["id"] for key, job in answers.items()}
+    resubmitted = [job_id for _, job_id, attempt in rows if attempt is not None and attempt > killed_at]
+    assert resubmitted, "no job needed submitting after the restart: the test did not test recovery"
+    # exactly one Slurm job per gateway job, and each of them ran
+    by_gateway_id = _accounted(slurm_cluster, slurm_account)
+    for key, job in answers.items():
+        assert by_gateway_id.get(job["id"], []) == [(job["slurm_job_id"], "COMPLETED")], (key, job, left)
+
+
+def _db(url: str) -> Any:
+    if url.startswith("sqlite:///"):
+        return closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=10))
+    return psycopg.connect(url, autocommit=True)
+
+
+def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    if not url.startswith("sqlite:///"):
+        sql = sql.replace("?", "%s")
+    with _db(url) as db:
+        return list(db.execute(sql).fetchall())
+
+
+def _recorded(url: str, at_least: int) -> bool:
+    return bool(_query(url, "SELECT count(*) FROM jobs")[0][0] >= at_least)
+
+
+def _unsubmitted(url: str) -> list[str]:
+    return [row[0] for row in _query(url, "SELECT id FROM jobs WHERE slurm_job_id IS NULL")]
+
+
+def _rows(url: str) -> list[tuple[str, str, datetime | None]]:
+    found = []
+    for key, job_id, attempt in _query(url, "SELECT idempotency_key, id, submit_attempt_at FROM jobs"):
+        if isinstance(attempt, str):  # SQLite stores naive UTC text
+            attempt = datetime.fromisoformat(attempt).replace(tzinfo=UTC)
+        found.append((key, job_id, attempt))
+    return found
+
+
+def _retry_until_settled(url: str, body: Mapping[str, object], headers: Mapping[str, str]) -> dict[str, Any]:
+    """The client's retry with its key, as the draft says: again after Retry-After while it is in progress."""
+    deadline = time.monotonic() + 90
+    while True:
+        r = httpx.post(url, json=body, headers=headers, timeout=60)
+        if r.status_code in (200, 201):
+            job: dict[str, Any] = r.json()
+            return job
+        assert r.status_code in (409, 503) and time.monotonic() < deadline, r.text
+        time.sleep(float(r.headers.get("retry-after", "1")))
+
+
+def _accounted(cluster: Cluster, account: str) -> dict[str, list[tuple[int, str]]]:
+    """Every Slurm job of ``account`` by the gateway job its comment names, once each has ended. From squeue,
+    which lists ended jobs for MinJobAge (this cluster's accounting keeps no comments)."""
+    deadline = time.monotonic() + 90
+    while True:
+        out = cluster.run("squeue", "--all", "-h", "-t", "all", "-A", account, "-o", "%i|%T|%k")
+        found: dict[str, list[tuple[int, str]]] = {}
+        for line in out.splitlines():
+            slurm_id, state, comment = line.split("|", 2)
+            if (origin := parse_comment(comment)) is not None:
+                found.setdefault(origin.job_id, []).append((int(slurm_id), state))
+        states = {state for jobs in found.values() for _, state in jobs}
+        if states <= {"COMPLETED"} or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
