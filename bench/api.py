@@ -352,8 +352,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--loadgen",
         choices=["wrk", "httpx"],
-        default="wrk" if shutil.which("wrk") else "httpx",
-        help="load generator (default: wrk when installed, else httpx)",
+        default="wrk",
+        help="load generator (default: wrk, installed with apt-get when missing; httpx cannot load a bare server)",
     )
     parser.add_argument(
         "--check", action="store_true", help=f"exit 1 unless the run is valid and the ratio is at least {GOAL}"
@@ -361,9 +361,25 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--duration must be > 0, --warmup >= 0, --concurrency and --rounds >= 1")
-    if args.loadgen == "wrk" and not shutil.which("wrk"):
-        parser.error("wrk is not installed; use --loadgen httpx")
+    if args.loadgen == "wrk" and not ensure_wrk():
+        parser.error("wrk is not installed and apt-get could not install it (run as root, or: apt-get install wrk)")
     return args
+
+
+def ensure_wrk() -> bool:
+    """``wrk`` on PATH, installed from Debian's package when missing (as root, or through ``sudo -n``); the
+    package lists are updated first only if the first try fails (a fresh machine has none)."""
+    if shutil.which("wrk"):
+        return True
+    apt = ([] if os.geteuid() == 0 else ["sudo", "-n"]) + ["apt-get", "-q"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("wrk is missing: installing Debian's package", file=sys.stderr)
+    for steps in ([["install", "-y", "wrk"]], [["update"], ["install", "-y", "wrk"]]):
+        for step in steps:
+            subprocess.run([*apt, *step], env=env, capture_output=True, check=False)
+        if shutil.which("wrk"):
+            return True
+    return False
 
 
 def main() -> int:
