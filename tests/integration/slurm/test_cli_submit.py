@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli_runner import UserCli
-from tests.integration.slurm.conftest import Gateway, PosixUserFactory, home_of
+from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory, home_of
 
 SCRIPT = """#!/bin/bash
 #SBATCH --job-name=cli-e2e
@@ -24,7 +24,9 @@ echo "hello $1 from $(id -un) gpu=$CUDA_VISIBLE_DEVICES"
 """
 
 
-def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slurm_account: str) -> None:
+def test_login_submit_follow(
+    gateway: Gateway, slurm_cluster: Cluster, posix_user: PosixUserFactory, slurm_account: str
+) -> None:
     url = gateway.url
     user = posix_user()
     home = home_of(user)
@@ -45,8 +47,9 @@ def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slu
     owner = pwd.getpwnam(user)
     os.chown(script, owner.pw_uid, owner.pw_gid)
 
-    bad = cli("submit", "--mail-type=ALL", "--exclusive", "job.sh", cwd=home)
-    assert bad.returncode == 1 and "--exclusive" in bad.stderr and "--mail-type" in bad.stderr
+    bad = cli("submit", "--get-user-env", "--bb=x", "job.sh", cwd=home)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "--bb (no burst buffers here)" in bad.stderr and "--get-user-env (the job gets the environment" in bad.stderr
 
     submitted = cli("submit", "-t", "3", "job.sh", "--world", cwd=home)  # the script's argument, not sbatch's
     assert submitted.returncode == 0, submitted.stderr
@@ -70,3 +73,19 @@ def test_login_submit_follow(gateway: Gateway, posix_user: PosixUserFactory, slu
     held = re.search(r"Submitted job ([0-9a-f]{32})", by_account.stdout)
     assert held, by_account.stdout
     assert cli("cancel", held[1]).returncode == 0
+
+    # options sites use daily reach Slurm through the API, and the user's comment follows ours
+    daily = cli(
+        "submit", "-H", "--gres=gpu:1", "-N", "1-2", "--mail-type=END,FAIL", f"--mail-user={user}@example.org",
+        "--exclusive=user", "--no-requeue", "--nice=5", "--comment=mine", "-x", "n2", "job.sh", cwd=home,
+    )  # fmt: skip
+    assert daily.returncode == 0, daily.stderr
+    slurm_id = re.search(r"Slurm job (\d+)", daily.stdout)
+    assert slurm_id, daily.stdout
+    shown = slurm_cluster.run("scontrol", "show", "job", "-o", slurm_id[1])
+    fields = dict(re.findall(r"(\S+?)=(\S*)", shown))
+    assert fields["TresPerNode"] == "gres:gpu:1" and fields["NumNodes"] == "1-2", shown
+    assert (fields["MailType"], fields["OverSubscribe"]) == ("END,FAIL", "USER"), shown
+    assert (fields["Requeue"], fields["Nice"]) == ("0", "5"), shown
+    assert fields["ExcNodeList"] == "n2" and re.search(r" Comment=rgpu:\w+:[0-9a-f]{32} mine ", shown), shown
+    slurm_cluster.run("scancel", slurm_id[1])
