@@ -45,9 +45,12 @@ class ClusterReader:
 
     async def refresh(self) -> bool:
         asked = utcnow()
-        try:
-            if self._name is None:
+        if self._name is None:
+            try:  # asked once (slurmrestd asks slurmdbd): its absence must not cost the nodes
                 self._name = await self.slurm.cluster_name()
+            except SlurmError as exc:
+                log.warning("cluster_name_unknown", error=exc.message)
+        try:
             nodes = await self.slurm.nodes()
             partitions = await self.slurm.partitions()
         except SlurmError as exc:

@@ -11,6 +11,7 @@ the others still sync, and it is tried again on the next cycle.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import partial
 
 import msgspec
@@ -29,6 +30,8 @@ from slurm.tres import format_tres
 
 log = structlog.get_logger("gateway.slurm_sync")
 SYNC_FAILURES = Counter("remotegpu_account_sync_failures_total", "Workspaces whose reconciliation Slurm refused")
+HEARTBEAT = timedelta(seconds=60)
+"""An unchanged sync status is written again (its ``at``) at most this often."""
 FAILING = Gauge("remotegpu_account_sync_failing_workspaces", "Workspaces whose last reconciliation failed")
 MANAGED_TRES_PREFIXES = ("cpu", "mem", "gres/gpu")
 
@@ -163,8 +166,9 @@ def _record_outcome(
     before: Mapping[int, tuple[SyncState, str | None, int]],
     session: Session,
 ) -> None:
-    """Unit of work: each workspace's sync status, written where it changed; ``at`` moves on for all of them
-    (a status read after a quota change is ``pending`` until a reconciliation ends after it)."""
+    """Unit of work: each workspace's sync status, written where it changed, and at least every HEARTBEAT (so
+    ``at`` says the worker still confirms it). A quota change makes it ``pending`` until a reconciliation that
+    began after the change ends."""
     now = utcnow()
     for ws_id, (state, error, failures) in outcome.items():
         row = session.get(SlurmSync, ws_id)
@@ -173,4 +177,7 @@ def _record_outcome(
             continue
         if row.state == SyncState.PENDING and state == SyncState.OK and before.get(ws_id, (None,))[0] != row.state:
             continue  # the quota changed while Slurm was being asked: the next pass confirms it
+        same = (row.state, row.error, row.failures) == (state, error, failures)
+        if same and row.at is not None and now - row.at < HEARTBEAT:
+            continue  # nothing new: no write per workspace and cycle
         row.state, row.error, row.failures, row.at = state, error, failures, now

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.app import create_app
-from gateway.cluster.service import ClusterReader
 from gateway.config import Settings
 from gateway.db.session import Database
+from gateway.jobs.poller import Poller
 from gateway.workspaces.slurm_sync import AccountSync
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient
@@ -98,7 +98,7 @@ async def test_cluster_snapshot_and_gpu_types_from_it(
         empty = (await api.get("/api/v1/cluster", headers=owner_headers)).json()
         assert (empty["updated_at"], empty["stale"], empty["nodes"]) == (None, True, [])
 
-        assert await ClusterReader(clean_database, slurm_client).refresh()
+        await Poller(clean_database, slurm_client).poll_once()  # its snapshot step
         seen = (await api.get("/api/v1/cluster", headers=owner_headers)).json()
         assert seen["cluster"] == "remotegpu" and not seen["stale"] and seen["error"] is None
         assert [(g["type"], g["total"]) for g in seen["gpu_types"]] == [("a100", 4)]
