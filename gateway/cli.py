@@ -382,6 +382,15 @@ def submit(args: tuple[str, ...]) -> None:
         ws = client.workspace_for(request.workspace, request.account)
         return ws, client.request("POST", f"/workspaces/{ws}/jobs", json=request.body)
 
+    if request.test_only:  # Slurm's answer, on stderr as sbatch prints it; nothing is submitted
+
+        def ask(client: Any) -> Any:
+            ws = client.workspace_for(request.workspace, request.account)
+            return client.request("POST", f"/workspaces/{ws}/jobs/test", json=request.body)
+
+        click.echo(_client_call(ask)["message"], err=True)
+        return
+
     ws, job = _client_call(send)
     if request.parsable:  # sbatch's "jobid[;cluster]": for jid=$(remotegpu submit --parsable ...) and -d afterok:$jid
         click.echo(str(job["slurm_job_id"]))

@@ -130,6 +130,7 @@ class CliSlurmClient:
         cwd: str | None = None,
         submit: bool = False,
         label: str | None = None,
+        answer: Literal["stdout", "stderr"] = "stdout",
     ) -> str:
         """Run a Slurm command (as ``user`` when given) and return its stdout; failures become SlurmErrors.
 
@@ -162,7 +163,7 @@ class CliSlurmClient:
         out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
         if done.returncode != 0:
             raise classify(err or out, command=name, submit=submit)
-        return out
+        return err.strip() if answer == "stderr" else out
 
     async def command(self, argv: Sequence[str]) -> str:
         """Run one of Slurm's commands as the gateway (not as a user); its stdout. Failures are SlurmErrors."""
@@ -179,11 +180,12 @@ class CliSlurmClient:
 
     # --- jobs ----------------------------------------------------------------------------------------
 
-    async def submit(self, submission: Submission) -> int:
+    def _sbatch_command(self, submission: Submission, *flags: str) -> tuple[list[str], bytes, str]:
+        """sbatch's argv, stdin and directory for a submission (in the submitter's environment if it has one)."""
         unknown = sorted(set(submission.options) - SBATCH_OPTIONS)
         if unknown:
             raise ValueError(f"sbatch options not allowed: {', '.join(unknown)}")
-        argv = ["sbatch", "--parsable", f"--account={submission.account}", f"--chdir={submission.work_dir}"]
+        argv = ["sbatch", *flags, f"--account={submission.account}", f"--chdir={submission.work_dir}"]
         for name, value in submission.options.items():
             argv.append(f"--{name}" if value is None else f"--{name}={value}")
         stdin = submission.script.encode()
@@ -192,10 +194,20 @@ class CliSlurmClient:
             forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
             stdin = environment.block(submission.environment, forced) + stdin
             argv = ["/bin/bash", "-c", environment.READER, self._sbatch_path(), *argv[1:]]
-        cwd = environment.submit_dir(submission.environment)
+        return argv, stdin, environment.submit_dir(submission.environment)
+
+    async def submit(self, submission: Submission) -> int:
+        argv, stdin, cwd = self._sbatch_command(submission, "--parsable")
         out = await self._run(argv, user=submission.user, stdin=stdin, cwd=cwd, submit=True, label="sbatch")
         # --parsable prints "jobid" or "jobid;cluster"
         return int(out.strip().split(";", 1)[0])
+
+    async def test_only(self, submission: Submission) -> str:
+        """``sbatch --test-only`` as the user: Slurm's answer (when and where it would start); nothing is made."""
+        argv, stdin, cwd = self._sbatch_command(submission, "--test-only")
+        return await self._run(
+            argv, user=submission.user, stdin=stdin, cwd=cwd, submit=True, label="sbatch", answer="stderr"
+        )
 
     async def cancel(self, job_id: int, *, user: str) -> None:
         await self._run(["scancel", str(job_id)], user=user)

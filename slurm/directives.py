@@ -42,6 +42,7 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "hold": ("H", False),
     "parsable": (None, False),
     "wait": ("W", False),
+    "test-only": (None, False),
     "gpus-per-task": (None, True),
     "cpus-per-gpu": (None, True),
     "mem-per-gpu": (None, True),

@@ -387,6 +387,7 @@ class RestSlurmClient:
         self.url = url.rstrip("/")
         self.tokens = tokens or TokenCache(ScontrolTokens(slurm_conf=slurm_conf))
         self.slurm_conf = slurm_conf
+        self._test_only: CliSlurmClient | None = None
         self.admin_user = admin_user
         self.timeout = timeout
         self.dialect: Dialect = for_version(version)
@@ -501,6 +502,13 @@ class RestSlurmClient:
             return job_id
         self._check(reply, user=submission.user, submit=True)
         raise SubmitRejected(f"slurmrestd returned no job id (HTTP {reply.status})", command="slurmrestd")
+
+    async def test_only(self, submission: Submission) -> str:
+        """slurmrestd 22.05 has no test-only submission: ``sbatch --test-only`` as the user, through the CLI
+        backend (the same script, options and environment; sbatch reads the directives this backend maps)."""
+        if self._test_only is None:
+            self._test_only = CliSlurmClient(slurm_conf=self.slurm_conf, timeout=self.timeout)
+        return await self._test_only.test_only(submission)
 
     async def cancel(self, job_id: int, *, user: str) -> None:
         # scancel says nothing (exit 0) about a job the controller does not know: neither do we

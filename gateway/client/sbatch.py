@@ -219,6 +219,8 @@ class JobRequest(msgspec.Struct, frozen=True, kw_only=True):
     """``--parsable``: print only ``jobid`` (sbatch's ``jobid[;cluster]``; this gateway drives one cluster)."""
     wait: bool = False
     """``-W/--wait``: return when the job has ended, with its exit code."""
+    test_only: bool = False
+    """``--test-only``: ask Slurm when and where the job would start; submit nothing."""
 
 
 def job_request(
@@ -256,4 +258,5 @@ def job_request(
         body=body,
         parsable="parsable" in options,
         wait="wait" in options,
+        test_only="test-only" in options,
     )

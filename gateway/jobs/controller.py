@@ -17,7 +17,7 @@ from gateway.dependencies import Page as PageParams
 from gateway.errors import Forbidden
 from gateway.jobs.logs import LogUnreadable, open_owned, tail
 from gateway.jobs.logs import follow as follow_log
-from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut
+from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut, TestOnlyOut
 from gateway.jobs.service import JobService, has_finished
 from gateway.schemas import InstantQuery, Page, instant, whole
 from gateway.users.models import User
@@ -54,6 +54,11 @@ class JobController(Controller):
         """Submit a training job as the caller. Retrying with the same ``Idempotency-Key`` returns the same job."""
         job, created = await jobs.submit(access, data, idempotency_key)
         return Response(JobOut.of(job, access.actor.name), status_code=201 if created else 200)
+
+    @post("/test", status_code=200, operation_id="testJob", summary="When would a job start (sbatch --test-only)")
+    async def test_only(self, access: Access, jobs: Jobs, data: JSONBody[JobCreate]) -> TestOnlyOut:
+        """``sbatch --test-only`` as the caller: Slurm's answer; nothing is submitted or recorded."""
+        return TestOnlyOut(message=await jobs.test_only(access, data))
 
     @get("/")
     async def list_jobs(

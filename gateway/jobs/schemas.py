@@ -199,6 +199,13 @@ REQUESTED = (
 """What of a job's spec shows as its requested resources."""
 
 
+class TestOnlyOut(msgspec.Struct):
+    """What ``sbatch --test-only`` answered, e.g. ``sbatch: Job 12 to start at 2026-01-02T10:00:00 using 1
+    processors on nodes n1 in partition gpu``."""
+
+    message: str
+
+
 class JobEventOut(msgspec.Struct, kw_only=True):
     """One change of a job's state (``kind`` "state"), or a cancel, hold or release someone asked for."""
 

@@ -57,7 +57,7 @@ from slurm.errors import (
 )
 from slurm.filenames import PatternValues, UnknownInPattern, expand
 from slurm.records import JobState
-from slurm.script import ScriptError, check_path, render
+from slurm.script import JobSpec, ScriptError, check_path, render
 
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 LISTABLE_STATES = frozenset({s.value for s in JobState} | {SUBMITTING, SUBMIT_FAILED})
@@ -167,23 +167,17 @@ class JobService:
             raise InvalidInput(f"no job {missing[0]} submitted to Slurm in this workspace", field="dependency")
         return _GATEWAY_ID.sub(lambda m: str(known[m[0]]), dependency)
 
-    async def submit(
-        self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
-    ) -> tuple[JobView, bool]:
-        """Submit as the caller. Returns the job and whether it was created now (False: an idempotent retry).
-
-        Two short write transactions around sbatch, each one unit of work in a thread (Database.run): this is
-        the hot path of submission throughput.
-        """
+    async def _prepare(self, access: WorkspaceAccess, data: JobCreate) -> tuple[JobCreate, str, JobSpec, str, str]:
+        """Checks before sbatch, and what it is given: the request (dependencies in Slurm ids), the user's POSIX
+        name, the spec, its script and the working directory."""
         access.require(Role.MEMBER)
         ws, actor = access.workspace, access.actor
         if ws.status != WorkspaceStatus.ACTIVE:
             raise Forbidden(f"workspace {ws.slug!r} is {ws.status.value}: new jobs are refused")
         if actor.user_id is None or actor.posix_name is None:
             raise Forbidden("jobs are submitted by users with a POSIX account")
-        posix_name = actor.posix_name
         check_quota(ws.quota, data)
-        work_dir = data.work_dir or _posix_account(posix_name).pw_dir
+        work_dir = data.work_dir or _posix_account(actor.posix_name).pw_dir
         if data.dependency is not None:
             data = msgspec.structs.replace(data, dependency=await self._slurm_dependency(ws.id, data.dependency))
         try:
@@ -196,6 +190,33 @@ class JobService:
             raise InvalidInput(exc.message, field=exc.field) from exc
         except msgspec.ValidationError as exc:
             raise InvalidInput(str(exc), field="spec") from exc
+        return data, actor.posix_name, spec, script, work_dir
+
+    async def test_only(self, access: WorkspaceAccess, data: JobCreate) -> str:
+        """``sbatch --test-only`` of the job as the caller: Slurm's answer; nothing is recorded or submitted."""
+        _, posix_name, spec, script, work_dir = await self._prepare(access, data)
+        ws = access.workspace
+        view = SimpleNamespace(id="test-only", script=script, work_dir=work_dir, spec=msgspec.to_builtins(spec))
+        submission = _submission("test", view, posix_name, ws.slurm_account)  # (no instance: nothing is written)
+        await self._ensure_association(ws.slurm_account, posix_name)
+        try:
+            return await self.slurm.test_only(submission)
+        except SubmitRejected as exc:
+            field = next((f for cls, f in _REJECTION_FIELDS.items() if isinstance(exc, cls)), "spec")
+            raise InvalidInput(f"Slurm refused the job: {exc.message}", field=field) from exc
+        except SlurmUnavailable as exc:
+            raise SlurmDown("Slurm did not answer") from exc
+
+    async def submit(
+        self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
+    ) -> tuple[JobView, bool]:
+        """Submit as the caller. Returns the job and whether it was created now (False: an idempotent retry).
+
+        Two short write transactions around sbatch, each one unit of work in a thread (Database.run): this is
+        the hot path of submission throughput.
+        """
+        ws, actor = access.workspace, access.actor
+        data, posix_name, spec, script, work_dir = await self._prepare(access, data)
         stdout = spec.stdout or ("slurm-%A_%a.out" if spec.array else "slurm-%j.out")  # sbatch's default
         now = utcnow()
         row = {

@@ -20,7 +20,7 @@ from slurm.records import JobState
 from slurm.rest import RestSlurmClient
 from tests.cli_runner import UserCli, user_env
 from tests.conftest import UserFactory
-from tests.integration.slurm.conftest import WS, Cluster, Gateway, PosixUserFactory, home_of, make_team
+from tests.integration.slurm.conftest import BOTH_BACKENDS, WS, Cluster, Gateway, PosixUserFactory, home_of, make_team
 from tests.integration.slurm.test_client_contract import _member, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -254,3 +254,36 @@ async def test_dependencies_take_gateway_ids_of_the_workspaces_jobs(
     assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "dependency", unknown.text
     for job in (first, second):
         await api.post(f"{WS}/lab/jobs/{job.json()['id']}/cancel", headers=team["alice"])
+
+
+# --- sbatch --test-only ------------------------------------------------------------------------------------------
+
+
+@BOTH_BACKENDS
+async def test_test_only_gives_slurms_answer_and_submits_nothing(
+    api: httpx.AsyncClient,
+    make_user: UserFactory,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    slurm_cluster: Cluster,
+) -> None:
+    team = await make_team(api, make_user, posix_user, slurm_account)
+    body = {"name": "probe", "command": ["true"], "gpus_per_node": 1, "gpu_type": "a100"}
+    answer = await api.post(f"{WS}/lab/jobs/test", json=body, headers=team["alice"])
+    assert answer.status_code == 200, answer.text
+    assert re.fullmatch(
+        r"sbatch: Job \d+ to start at \S+ using \d+ processors on nodes \S+ in partition \S+", answer.json()["message"]
+    ), answer.text
+    listed = await api.get(f"{WS}/lab/jobs", headers=team["alice"])
+    assert listed.json()["items"] == []
+    queued = await asyncio.to_thread(
+        subprocess.run,
+        ["squeue", "-h", "-A", slurm_account],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "SLURM_CONF": slurm_cluster.conf},
+    )
+    assert queued.stdout == ""
+    refused = await api.post(f"{WS}/lab/jobs/test", json={**body, "partition": "nope"}, headers=team["alice"])
+    assert refused.status_code == 400 and refused.json()["errors"][0]["field"] == "partition", refused.text
