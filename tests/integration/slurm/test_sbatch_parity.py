@@ -70,7 +70,7 @@ TIME_SLACK_SECONDS = 10
 ENV_NOT_COMPARED = re.compile(
     r"^(SLURM_JOB_ID|SLURM_JOBID|SLURM_ARRAY_JOB_ID|SLURM_TASK_PID|SLURM_JOB_START_TIME|SLURM_JOB_END_TIME"
     r"|SLURMD_NODENAME|SLURM_NODELIST|SLURM_JOB_NODELIST|SLURM_TOPOLOGY_ADDR|SLURM_JOB_GPUS|SLURM_STEP_GPUS"
-    r"|CUDA_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL|ROCR_VISIBLE_DEVICES|SLURM_GPUS_ON_NODE_IDS"
+    r"|CUDA_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL|ROCR_VISIBLE_DEVICES|ZE_AFFINITY_MASK|SLURM_GPUS_ON_NODE_IDS"
     r"|HOSTNAME|GEMINI_\w+|REMOTEGPU_USER_SCRIPT|_|OLDPWD)$"
 )
 """Per-job identity and placement (which job, node and GPUs it got); the gateway's documented /gemini layout."""
@@ -294,6 +294,11 @@ def _slurm_env(cluster: Cluster) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "SLURM_CONF": cluster.conf}
 
 
+def _cancel(cluster: Cluster, job_id: int) -> None:
+    """scancel, whatever the job's state (one that has ended already is no error here)."""
+    subprocess.run(["scancel", str(job_id)], env=_slurm_env(cluster), check=False, capture_output=True)
+
+
 def _remove_account(cluster: Cluster, user: str, account: str) -> None:
     """Cancel the user's jobs, wait until Slurm has let go of them, then remove the account.
 
@@ -379,7 +384,7 @@ def placeholder_dependency(sub: Submitter, text: str) -> Iterator[str]:
     try:
         yield text.replace("@DEPENDENCY@", str(job_id))
     finally:
-        sub.cluster.run("scancel", str(job_id))
+        _cancel(sub.cluster, job_id)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -396,9 +401,9 @@ def test_same_job_both_ways(name: str, submitter: Submitter) -> None:
                 raw = comparable(show_job(sub.cluster, raw_id), raw_id)
                 ours = comparable(show_job(sub.cluster, ours_id), ours_id)
             finally:
-                sub.cluster.run("scancel", str(ours_id))
+                _cancel(sub.cluster, ours_id)
         finally:
-            sub.cluster.run("scancel", str(raw_id))
+            _cancel(sub.cluster, raw_id)
     diff = differences(raw, ours)
     assert not diff, f"{name}: scontrol show job differs (field: (sbatch, remotegpu)): {diff}"
 
@@ -436,7 +441,7 @@ def test_same_environment_both_ways(name: str, submitter: Submitter) -> None:
         time.sleep(0.5)  # the file is written in one go; let it close
     finally:
         for job_id in ids:
-            sub.cluster.run("scancel", str(job_id))
+            _cancel(sub.cluster, job_id)
     raw, ours = (_read_env(f) for f in files)
     if "--export=NONE" not in SCRIPTS[name]:  # else sbatch passes only SLURM_* and what it sets itself
         assert raw.get(USER_ENV_MARKER) == sub.env[USER_ENV_MARKER], "raw sbatch did not export the submitter's env"
