@@ -80,7 +80,9 @@ async def provide_admin(actor: NamedDependency[Actor]) -> Actor:
 
 async def provide_pagination(
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="page size")] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, QueryParameter(ge=0, le=10**9, description="items to skip")] = 0,
+    offset: Annotated[
+        int, QueryParameter(ge=0, le=10**9, description="items to skip", schema_extra={"minimum": 0})
+    ] = 0,  # (schema_extra: Litestar leaves a bound of 0 out of the OpenAPI document)
 ) -> Pagination:
     return Pagination(limit=limit, offset=offset)
 

@@ -64,16 +64,33 @@ def _problem_components() -> dict[str, Any]:
     return components
 
 
-def _forbids_unknown_fields() -> dict[str, bool]:
-    """Component name -> whether the msgspec struct of that name refuses unknown fields."""
-    found: dict[str, bool] = {}
+def _structs() -> dict[str, type[msgspec.Struct]]:
+    """The gateway's msgspec structs by name (the names Litestar gives their components)."""
+    found: dict[str, type[msgspec.Struct]] = {}
     pending: list[type[msgspec.Struct]] = list(msgspec.Struct.__subclasses__())
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
         if cls.__module__.startswith(("gateway.", "slurm.")):
-            found[cls.__name__] = found.get(cls.__name__, False) or bool(cls.__struct_config__.forbid_unknown_fields)
+            found.setdefault(cls.__name__, cls)
     return found
+
+
+def _zero_bounds(cls: type[msgspec.Struct]) -> dict[str, dict[str, int]]:
+    """Field name -> the bounds at 0 of its number (Litestar drops a ``ge=0`` or ``gt=0``: it tests them for truth)."""
+    info = msgspec.inspect.type_info(cls)
+    bounds: dict[str, dict[str, int]] = {}
+    if not isinstance(info, msgspec.inspect.StructType):
+        return bounds
+    for field in info.fields:
+        types = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        for t in types:
+            if isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+                if t.ge == 0:
+                    bounds[field.encode_name] = {"minimum": 0}
+                elif t.gt == 0:
+                    bounds[field.encode_name] = {"exclusiveMinimum": 0}
+    return bounds
 
 
 def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterator[int]:
@@ -83,8 +100,8 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
     secured = bool(operation.get("security"))
     if parameters or body:
         yield 400  # validation of the body, path, query or headers
-    if secured:
-        yield 401  # no, unknown, expired or revoked token
+    if secured or (path, method) == _LOGIN:
+        yield 401  # no, unknown, expired or revoked token; at login, a wrong password
         yield 403  # a role or platform admin required, a disabled account, an inactive workspace
     if "{" in path or secured:
         yield 404  # unknown resource; and anything in a workspace the caller is not a member of
@@ -111,10 +128,16 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
     """Litestar's OpenAPI document with the gateway's real error answers and closed request bodies."""
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_problem_components())
-    closed = _forbids_unknown_fields()
+    structs = _structs()
     for name, schema in schemas.items():
-        if closed.get(name) and schema.get("type") == "object":
+        cls = structs.get(name)
+        if cls is None or schema.get("type") != "object":
+            continue
+        if cls.__struct_config__.forbid_unknown_fields:
             schema["additionalProperties"] = False
+        for field, bound in _zero_bounds(cls).items():
+            if field in schema.get("properties", {}):
+                schema["properties"][field].update(bound)
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "post", "put", "patch", "delete"}:

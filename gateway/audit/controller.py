@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import QueryParameter
 from sqlalchemy import select
 
 from gateway.audit import service
@@ -14,7 +13,7 @@ from gateway.audit.service import AuditFilter
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound
-from gateway.schemas import Page, SlugQuery
+from gateway.schemas import InstantQuery, Page, SlugQuery, instant
 from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 from gateway.workspaces.models import Role, Workspace
 
@@ -28,10 +27,12 @@ async def provide_filter(
     action: Action = None,
     by: By = None,
     target_type: Name = None,
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
+    since: InstantQuery = None,
+    until: InstantQuery = None,
 ) -> AuditFilter:
-    return AuditFilter(action=action, actor=by, target_type=target_type, since=since, until=until)
+    return AuditFilter(
+        action=action, actor=by, target_type=target_type, since=instant("since", since), until=instant("until", until)
+    )
 
 
 FILTER = {"filters": Provide(provide_filter)}

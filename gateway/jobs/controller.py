@@ -18,7 +18,7 @@ from gateway.errors import Forbidden
 from gateway.jobs.logs import LogUnreadable, open_owned, tail
 from gateway.jobs.logs import follow as follow_log
 from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut, TestOnlyOut
-from gateway.jobs.service import JobService, has_finished
+from gateway.jobs.service import LISTABLE_STATES, JobService, has_finished
 from gateway.schemas import InstantQuery, Page, instant, whole
 from gateway.users.models import User
 from gateway.workspaces.controller import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
@@ -67,7 +67,14 @@ class JobController(Controller):
         jobs: Jobs,
         page: PageParams,
         # ``state`` is reserved by Litestar (the app state): the query parameter is read into ``status``.
-        status: Annotated[str | None, QueryParameter(name="state", max_length=32)] = None,
+        status: Annotated[
+            str | None,
+            QueryParameter(
+                name="state",
+                max_length=32,
+                schema_extra={"enum": sorted(LISTABLE_STATES | {s.lower() for s in LISTABLE_STATES})},
+            ),
+        ] = None,
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
         since: InstantQuery = None,
         slurm_job_id: Annotated[int | None, QueryParameter(ge=1, description="the job with this Slurm id")] = None,
@@ -137,7 +144,10 @@ class JobController(Controller):
         lines: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
         follow: Annotated[bool, QueryParameter(description="stream text/plain until the job ends")] = False,
         stream: Annotated[Literal["stdout", "stderr"], QueryParameter()] = "stdout",
-        task: Annotated[int | None, QueryParameter(ge=0, description="an array's task")] = None,
+        # (schema_extra: Litestar leaves a bound of 0 out of the document)
+        task: Annotated[
+            int | None, QueryParameter(ge=0, description="an array's task", schema_extra={"minimum": 0})
+        ] = None,
     ) -> Response[JobLogs] | Stream:
         """The last ``lines`` lines of the job's output; with ``follow``, then everything it writes until it ends.
 
