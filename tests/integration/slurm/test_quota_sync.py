@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.app import create_app
+from gateway.cluster.service import ClusterReader
 from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.jobs.poller import Poller
@@ -124,3 +125,16 @@ async def test_cluster_snapshot_and_gpu_types_from_it(
         assert r.status_code == 200 and r.json()["gpus_by_type"] == {"a100": 2}, r.text
         r = await api.patch(f"{WS}/lab/quota", json={"cpus": 4}, headers=owner_headers)
         assert (r.json()["cpus"], r.json()["gpus_by_type"]) == (4, {"a100": 2})  # the rest kept
+
+
+async def test_a_failed_read_keeps_the_last_snapshot_marked_stale(
+    settings: Settings, clean_database: Database, cli_client: CliSlurmClient, make_user: UserFactory
+) -> None:
+    headers = await make_user("reader")
+    assert await ClusterReader(clean_database, cli_client).refresh()
+    unreachable = CliSlurmClient(slurm_conf="/nonexistent/slurm.conf", timeout=2)  # sinfo hangs looking for one
+    assert not await ClusterReader(clean_database, unreachable).refresh()
+    async with asgi_client(create_app(settings, database=clean_database, slurm=cli_client)) as api:
+        seen = (await api.get("/api/v1/cluster", headers=headers)).json()
+    assert seen["stale"] and seen["error"]
+    assert [g["type"] for g in seen["gpu_types"]] == ["a100"] and len(seen["nodes"]) == 2  # the last good read
