@@ -389,9 +389,9 @@ async def test_rest_refuses_directives_it_cannot_pass_on(
     rest_client: RestSlurmClient, posix_user: PosixUserFactory, slurm_account: str
 ) -> None:
     user = await _member(rest_client, posix_user, slurm_account)
-    script = "#!/bin/bash\n#SBATCH --mail-type=END --time=5\n#SBATCH --workspace=ml\ntrue\n"
+    script = "#!/bin/bash\n#SBATCH --bb=x --time=5\n#SBATCH --workspace=ml\ntrue\n"
     before = {j.job_id for j in await rest_client.jobs()}
-    with pytest.raises(SubmitRejected, match="--mail-type, --workspace"):
+    with pytest.raises(SubmitRejected, match="--bb, --workspace"):
         await rest_client.submit(Submission(user=user, account=slurm_account, script=script, work_dir=home_of(user)))
     assert not [j for j in await rest_client.jobs() if j.job_id not in before and j.user == user]
 
