@@ -33,7 +33,7 @@ from gateway.db.base import UTCDateTime, utcnow
 from gateway.db.paging import AnySelect, bounded, count_query
 from gateway.db.session import Database
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
-from gateway.jobs import events
+from gateway.jobs import events, statements
 from gateway.jobs.events import StateChange
 from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
 from gateway.jobs.origin import instance_id, parse_comment, slurm_comment
@@ -124,6 +124,8 @@ class JobService:
         self.settings = settings
         self._associations: set[tuple[str, str]] = set()
         self._instance_id: str | None = None
+        self._one = database.backend == "postgresql"
+        """Whether the submission's writes are one statement each (gateway.jobs.statements)."""
         self.lease = timedelta(seconds=settings.slurm_timeout_seconds) + LEASE_MARGIN
         """After this long, an sbatch that began is over (done, failed or killed by the backend's timeout)."""
 
@@ -256,7 +258,7 @@ class JobService:
         instance = await self._instance()  # (made on a first submission: before the job, never between it and sbatch)
         try:
             # recorded before sbatch: a crash from here on is settled by the poller
-            existing = await self.database.run(partial(_record_submission, row, audit))
+            existing = await self.database.run(partial(_record_submission, row, audit), one_statement=self._one)
         except IntegrityError:  # a concurrent retry with the same key won (PostgreSQL; SQLite writes one by one)
             existing = await self.database.run(partial(_by_key, actor.user_id, idempotency_key), write=False)
             if existing is None:
@@ -322,7 +324,7 @@ class JobService:
                 new=values["state"],
                 reason=values.get("reason"),
             )
-        await self.database.run(partial(_update_job, job.id, values, change))
+        await self.database.run(partial(_update_job, job.id, values, change), one_statement=self._one)
         for key, value in values.items():
             setattr(job, key, value)
 
@@ -571,6 +573,10 @@ def _claim(
 def _record_submission(row: dict[str, Any], audit: dict[str, Any], session: Session) -> TrainingJob | None:
     """Unit of work: the new job and its audit entry; or the job already made with its key. (Its events
     start with its first change of state: the row itself says when it was made, as SUBMITTING.)"""
+    if session.get_bind().dialect.name == "postgresql":  # one statement, in autocommit
+        if statements.record_submission(row, audit, session):
+            return None
+        return _by_key(row["user_id"], row["idempotency_key"], session)
     if row["idempotency_key"] is not None:
         existing = _by_key(row["user_id"], row["idempotency_key"], session)
         if existing is not None:
@@ -599,6 +605,9 @@ def _by_key(user_id: int | None, key: str | None, session: Session) -> TrainingJ
 
 def _update_job(job_id: str, values: dict[str, Any], change: StateChange | None, session: Session) -> None:
     """Unit of work: new values for a job's row, and the event of its change of state."""
+    if session.get_bind().dialect.name == "postgresql":  # one statement, in autocommit
+        statements.update_job(job_id, values, change, session)
+        return
     session.execute(_UPDATE_JOB, {"job_id_": job_id, **values})
     if change is not None:
         events.write(session, [change])
