@@ -25,6 +25,7 @@ as one word and then execs sbatch; the variables therefore never pass through th
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,9 +66,10 @@ rest of stdin (the script); bash reads a pipe a byte at a time, so nothing of th
 
 
 def submit_dir(environment: Mapping[str, str] | None) -> str:
-    """Where sbatch runs: the submitter's ``PWD`` where this host has that directory, else ``/``."""
+    """Where sbatch runs: the submitter's ``PWD`` where this host has that directory and the gateway may enter it
+    (a gateway that is not root enters it before sudo), else ``/``."""
     pwd = (environment or {}).get("PWD", "")
-    return pwd if pwd.startswith("/") and Path(pwd).is_dir() else "/"
+    return pwd if pwd.startswith("/") and Path(pwd).is_dir() and os.access(pwd, os.X_OK) else "/"
 
 
 def crossing(name: str) -> bool:
