@@ -394,16 +394,18 @@ def test_same_job_both_ways(name: str, submitter: Submitter) -> None:
         script = Path(sub.home, f"{name}.sbatch")
         _write_as(sub.user, script, text)
         argv = ["-H", "-A", sub.account, *extra_args(text), script.name]
+        # One after the other, each job gone before the next comes: the second must not see the first
+        # (--dependency=singleton waits for a job of the same name and user).
         raw_id = sub.sbatch(*argv)
         try:
-            ours_id = sub.remotegpu_submit(*argv)
-            try:
-                raw = comparable(show_job(sub.cluster, raw_id), raw_id)
-                ours = comparable(show_job(sub.cluster, ours_id), ours_id)
-            finally:
-                _cancel(sub.cluster, ours_id)
+            raw = comparable(show_job(sub.cluster, raw_id), raw_id)
         finally:
             _cancel(sub.cluster, raw_id)
+        ours_id = sub.remotegpu_submit(*argv)
+        try:
+            ours = comparable(show_job(sub.cluster, ours_id), ours_id)
+        finally:
+            _cancel(sub.cluster, ours_id)
     diff = differences(raw, ours)
     assert not diff, f"{name}: scontrol show job differs (field: (sbatch, remotegpu)): {diff}"
 
