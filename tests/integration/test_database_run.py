@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -73,9 +74,8 @@ async def test_a_read_whose_connection_died_is_run_again(make_database_url: Call
 
 async def _read_after_a_kill(database: Database) -> None:
     pid = await database.run(lambda s: s.scalar(text("SELECT pg_backend_pid()")), write=False)
-    async with database.session() as session:
-        await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        await session.commit()
+    with psycopg.connect(database.url, autocommit=True) as other:  # not one of the database's own connections
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
     backends = []
 
     def read(session: Session) -> int:
