@@ -14,7 +14,7 @@ from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSes
 from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound
 from gateway.schemas import InstantQuery, Page, SlugQuery, instant
-from gateway.workspaces.controller import WORKSPACE_DEPENDENCIES, WS_PATH, Access
+from gateway.workspaces.deps import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 from gateway.workspaces.models import Role, Workspace
 
 Action = Annotated[str | None, QueryParameter(max_length=64, description="exact action, or a prefix ending in '.'")]

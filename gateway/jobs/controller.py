@@ -21,7 +21,7 @@ from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut, TestOn
 from gateway.jobs.service import LISTABLE_STATES, JobService, has_finished
 from gateway.schemas import InstantQuery, Page, instant, whole
 from gateway.users.models import User
-from gateway.workspaces.controller import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
+from gateway.workspaces.deps import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
 JobId = Annotated[str, PathParameter(pattern=whole(r"[0-9a-f]{32}"))]
 IdempotencyKey = Annotated[
@@ -77,7 +77,9 @@ class JobController(Controller):
         ] = None,
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
         since: InstantQuery = None,
-        slurm_job_id: Annotated[int | None, QueryParameter(ge=1, description="the job with this Slurm id")] = None,
+        slurm_job_id: Annotated[
+            int | None, QueryParameter(ge=1, le=2**32 - 1, description="the job with this Slurm id (32 bits)")
+        ] = None,
         id_prefix: Annotated[
             str | None, QueryParameter(pattern=whole(r"[0-9a-f]{4,32}"), description="jobs whose id starts so")
         ] = None,

@@ -41,8 +41,8 @@ from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob, job_spec, stored_spec
 from gateway.schemas import Pagination
 from gateway.users.models import User
+from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
-from gateway.workspaces.service import WorkspaceAccess
 from slurm.arrays import combine_jobs, task_ids
 from slurm.client import SlurmClient, Submission
 from slurm.environment import submitted as crossing_environment
@@ -671,7 +671,8 @@ _LIST = (
 
 
 def _sees_all(access: WorkspaceAccess) -> bool:
-    return access.actor.is_admin or (access.role is not None and access.role.rank >= Role.ADMIN.rank)
+    """Workspace admins and owners see every job; members their own."""
+    return access.allows(Role.ADMIN)
 
 
 def _may_see(access: WorkspaceAccess, job: TrainingJob) -> bool:

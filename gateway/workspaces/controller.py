@@ -2,23 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar import Controller, delete, get, patch, post, put
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from gateway.dependencies import (
     BEARER,
-    READ_METHODS,
     AppSettings,
     CurrentActor,
     DbSession,
-    lazy_session,
-    lookup_session,
 )
 from gateway.dependencies import Page as PageParams
-from gateway.schemas import Page, SlugParam, UserNameParam
+from gateway.schemas import Page, UserNameParam
 from gateway.workspaces import service
+from gateway.workspaces.deps import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 from gateway.workspaces.models import Role, WorkspaceStatus
 from gateway.workspaces.schemas import (
     MemberCreate,
@@ -32,22 +28,6 @@ from gateway.workspaces.schemas import (
     WorkspaceOut,
     WorkspaceUpdate,
 )
-from gateway.workspaces.service import WorkspaceAccess
-
-
-async def provide_access(
-    request: Request[object, object, State], actor: CurrentActor, ws: SlugParam
-) -> WorkspaceAccess:
-    cached = request.method in READ_METHODS or request.route_handler.opt.get(CACHED_ACCESS, False)
-    session = lookup_session(request) if cached else lazy_session(request)  # cached: a detached snapshot anyway
-    return await service.get_access(session, actor, ws, cached=cached)
-
-
-CACHED_ACCESS = "cached_access"
-"""Route option: this write may use the cached access snapshot (see ``service.get_access``)."""
-WORKSPACE_DEPENDENCIES = {"access": Provide(provide_access)}
-Access = NamedDependency[WorkspaceAccess]
-WS_PATH = "/api/v1/workspaces/{ws:str}"
 
 
 class WorkspaceController(Controller):

@@ -1,21 +1,12 @@
-"""Workspaces, their members and roles, and quotas.
-
-Access rule: a caller who is not a member of a workspace learns nothing about it (404); a member whose
-role is too low gets 403; platform admins may do everything.
-"""
+"""Workspaces, their members and roles, and quotas. Who may do what: gateway.workspaces.access."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from msgspec import UNSET
 from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
 
-from gateway.access_cache import ACCESS_CACHE
 from gateway.actor import Actor
 from gateway.audit.service import record
 from gateway.cluster import service as cluster_service
@@ -25,62 +16,13 @@ from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.schemas import Pagination
 from gateway.users.models import User
+from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Member, Quota, Role, SlurmSync, SyncState, Workspace, WorkspaceStatus
 from gateway.workspaces.schemas import MemberCreate, QuotaIn, QuotaPatch, WorkspaceCreate, WorkspaceUpdate
 
 
-@dataclass(frozen=True, slots=True)
-class WorkspaceAccess:
-    """A workspace as one caller sees it, with their role (None: a platform admin who is not a member)."""
-
-    workspace: Workspace
-    role: Role | None
-    actor: Actor
-
-    def require(self, minimum: Role) -> None:
-        if self.actor.is_admin:
-            return
-        if self.role is None or self.role.rank < minimum.rank:
-            raise Forbidden(f"this needs the workspace role {minimum.value!r} or higher")
-
-
 def _live_workspaces() -> Select[Workspace]:
     return select(Workspace).where(Workspace.deleted_at.is_(None))
-
-
-async def get_access(
-    session: Callable[[], AsyncSession], actor: Actor, slug: str, *, cached: bool = False
-) -> WorkspaceAccess:
-    """The workspace and the caller's role, in one query; 404 to anyone who is neither member nor admin.
-
-    The workspace comes with its quota loaded. ``cached``: the caller may get a snapshot from the access cache
-    (at most ``access_cache_seconds`` old where another process made the change): fine for reads, and for
-    actions Slurm checks again itself (a job submission); never for objects the caller will modify.
-    """
-    if cached:
-        workspace, role = await ACCESS_CACHE.workspace(
-            actor.user_id, slug, lambda: _load_access(session(), actor, slug)
-        )
-    else:
-        workspace, role = await _load_access(session(), actor, slug)
-    return WorkspaceAccess(workspace=workspace, role=role, actor=actor)
-
-
-async def _load_access(session: AsyncSession, actor: Actor, slug: str) -> tuple[Workspace, Role | None]:
-    row = (
-        await session.execute(
-            select(Workspace, Member.role)
-            .options(joinedload(Workspace.quota))
-            .outerjoin(
-                Member,
-                (Member.workspace_id == Workspace.id) & (Member.user_id == actor.user_id) & Member.deleted_at.is_(None),
-            )
-            .where(Workspace.slug == slug, Workspace.deleted_at.is_(None))
-        )
-    ).first()
-    if row is None or (row[1] is None and not actor.is_admin):
-        raise NotFound(f"workspace {slug!r} not found")
-    return row[0], row[1]
 
 
 async def _active_user(session: AsyncSession, name: str, field: str) -> User:
