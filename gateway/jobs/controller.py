@@ -78,7 +78,7 @@ class JobController(Controller):
         user: Annotated[str | None, QueryParameter(max_length=32)] = None,
         since: InstantQuery = None,
         slurm_job_id: Annotated[
-            int | None, QueryParameter(ge=1, le=2**32 - 1, description="the job with this Slurm id (32 bits)")
+            int | None, QueryParameter(ge=1, le=2**31 - 1, description="the job with this Slurm id")
         ] = None,
         id_prefix: Annotated[
             str | None, QueryParameter(pattern=whole(r"[0-9a-f]{4,32}"), description="jobs whose id starts so")

@@ -78,3 +78,16 @@ async def test_router_answers_carry_a_request_id_and_are_counted(
     assert r.json()["request_id"] == f"router-{status}"
     metrics = (await client.get("/metrics")).text
     assert _count(metrics, method, "<unmatched>", status) >= 1  # no route matched: no template to name
+
+
+async def test_a_slurm_id_too_large_for_the_database_is_a_400(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    """Found by schemathesis: slurm_job_id=33417548403853343326208 reached SQLite and overflowed (500)."""
+    owner = await make_user("owner")
+    assert (await client.post("/api/v1/workspaces", json={"slug": "big-ids", "name": "B"}, headers=owner)).is_success
+    r = await client.get("/api/v1/workspaces/big-ids/jobs", params={"slurm_job_id": 2**75}, headers=owner)
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "slurm_job_id", r.text
+    assert (
+        await client.get("/api/v1/workspaces/big-ids/jobs", params={"slurm_job_id": 2**31 - 1}, headers=owner)
+    ).is_success
