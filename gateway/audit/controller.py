@@ -5,17 +5,15 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
-from sqlalchemy import select
 
-from gateway.audit import service
+from gateway.audit import reader
+from gateway.audit.reader import AuditFilter
 from gateway.audit.schemas import AuditOut
-from gateway.audit.service import AuditFilter
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
-from gateway.errors import NotFound
 from gateway.schemas import InstantQuery, Page, SlugQuery, instant
 from gateway.workspaces.deps import WORKSPACE_DEPENDENCIES, WS_PATH, Access
-from gateway.workspaces.models import Role, Workspace
+from gateway.workspaces.models import Role
 
 Action = Annotated[str | None, QueryParameter(max_length=64, description="exact action, or a prefix ending in '.'")]
 Name = Annotated[str | None, QueryParameter(max_length=64)]
@@ -55,12 +53,8 @@ class AuditController(Controller):
         workspace: SlugQuery = None,
     ) -> Page[AuditOut]:
         """Platform-wide audit trail, newest first."""
-        ws_id = None
-        if workspace is not None:
-            ws_id = await db_session.scalar(select(Workspace.id).where(Workspace.slug == workspace))
-            if ws_id is None:
-                raise NotFound(f"workspace {workspace!r} not found", field="workspace")
-        rows, total = await service.list_entries(db_session, page, filters, workspace_id=ws_id)
+        ws_id = None if workspace is None else await reader.workspace_id_of(db_session, workspace)
+        rows, total = await reader.list_entries(db_session, page, filters, workspace_id=ws_id)
         return Page([AuditOut.of(entry, slug) for entry, slug in rows], total, page.limit, page.offset)
 
 
@@ -76,5 +70,5 @@ class WorkspaceAuditController(Controller):
     ) -> Page[AuditOut]:
         """The workspace's audit trail (owners), newest first."""
         access.require(Role.OWNER)
-        rows, total = await service.list_entries(db_session, page, filters, workspace_id=access.workspace.id)
+        rows, total = await reader.list_entries(db_session, page, filters, workspace_id=access.workspace.id)
         return Page([AuditOut.of(entry, slug) for entry, slug in rows], total, page.limit, page.offset)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.access_cache import ACCESS_CACHE, ACCESS_NEUTRAL
 from gateway.actor import Actor
-from gateway.audit.service import record
+from gateway.audit.writer import record
 from gateway.auth.models import ApiToken
 from gateway.auth.passwords import verify_password
 from gateway.auth.schemas import TokenCreated

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from gateway.audit.service import AUDIT_LOG, audit_row, record
+from gateway.audit.writer import AUDIT_LOG, audit_row, record
 from gateway.config import Settings
 from gateway.db.base import UTCDateTime, utcnow
 from gateway.db.paging import AnySelect, bounded, count_query

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert, Update
 
-from gateway.audit.service import AUDIT_LOG
+from gateway.audit.writer import AUDIT_LOG
 from gateway.db.base import utcnow
 from gateway.jobs.events import EVENTS, StateChange
 from gateway.jobs.models import TrainingJob

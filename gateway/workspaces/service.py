@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.actor import Actor
-from gateway.audit.service import record
+from gateway.audit.writer import record
 from gateway.cluster import service as cluster_service
 from gateway.config import Settings
 from gateway.db.base import utcnow
