@@ -11,6 +11,7 @@ so that none is mistaken for the script.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -346,6 +347,9 @@ def parse(script: str, argv: Sequence[str]) -> tuple[Options, list[str]]:
     return merged, script_args
 
 
+_SBATCH_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgtpKMGTP])[bB]?")
+
+
 def minutes(value: str) -> int:
     """sbatch time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) -> whole minutes, rounded up as Slurm does."""
     try:
@@ -359,8 +363,9 @@ def minutes(value: str) -> int:
 
 def memory(value: str, option: str = "mem") -> int:
     """sbatch memory sizes (default unit M; K, M, G, T) -> MiB. ``0`` (all of a node's memory) is refused."""
+    sized = _SBATCH_SIZE.fullmatch(value)  # sbatch also takes 7GB, 1000mb, 7Gb
     try:
-        result = memory_mib(value)
+        result = memory_mib(f"{sized[1]}{sized[2].upper()}" if sized else value)
     except ValueError as exc:
         raise DirectiveError(f"--{option}={value}: {exc}") from None
     if result == 0:

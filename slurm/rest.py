@@ -293,6 +293,9 @@ def job_description(options: Mapping[str, str | None], environment: Mapping[str,
     job: dict[str, Any] = {"name": "sbatch", "environment": dict(environment)}
     if tasks := _sbatch_tasks(options):
         job["tasks"] = tasks
+    nodes, ntasks = _count(options.get("nodes")), _count(options.get("ntasks"))
+    if nodes and ntasks and ntasks < nodes and (options.get("nodes") or "").isdigit():
+        options = {**options, "nodes": str(ntasks)}  # sbatch: "can't run 1 processes on 2 nodes, setting nnodes to 1"
     for name, value in options.items():
         if name == "export":
             continue  # already in the environment

@@ -33,6 +33,10 @@ ContainerRuntime = Literal["pyxis", "apptainer"]
 _SIMPLE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
 _GPU_TYPE = re.compile(r"^[a-z0-9_.-]{1,32}$")
 _COMMENT = re.compile(r"^[A-Za-z0-9_.:@+=/-]{1,256}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.+*:@=,%^~!?()\[\]{}/-]{1,64}$")
+"""A job name as sbatch takes one on an ``#SBATCH`` line (``*JOB_NAME*``, ``run:1``), without what ends a word."""
+_PARTITIONS = re.compile(r"^[A-Za-z0-9_.+-]{1,64}(,[A-Za-z0-9_.+-]{1,64}){0,31}$")
+"""``-p gpu,debug``: the job runs in whichever of them can start it first."""
 _GRES = re.compile(r"^[a-z][a-z0-9_.-]{0,31}(:[A-Za-z0-9_.-]{1,32})?(:\d{1,9})?$")
 _HOSTS = re.compile(r"^[A-Za-z0-9_.,\[\]/-]{1,4096}$")
 _TIME_SPEC = re.compile(r"^[A-Za-z0-9:+_-]{1,64}$")
@@ -51,7 +55,7 @@ _ARRAY = re.compile(r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$")
 _DEP_ITEM = r"(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+)"
 _DEPENDENCY = re.compile(rf"^{_DEP_ITEM}([,?]{_DEP_ITEM})*$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+#-]{0,255}$")
-_OUTPUT_PATTERN = re.compile(r"^[A-Za-z0-9_./%+-]{1,4096}$")
+_OUTPUT_PATTERN = re.compile(r"^[A-Za-z0-9_./%+?:@=,~-]{1,4096}$")
 _DIRECTIVE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,4095}$")
 _ERROR_AT = re.compile(r" - at `\$\.(\w+)")
 
@@ -246,7 +250,7 @@ def _check_paths(spec: JobSpec) -> None:
         raise ScriptError("work_dir", "use a path of letters, digits and '_ . / + -'")
     for field, value in (("stdout", spec.stdout), ("stderr", spec.stderr)):
         if value is not None and (not _OUTPUT_PATTERN.fullmatch(value) or ".." in value.split("/")):
-            raise ScriptError(field, "use a path of letters, digits and '_ . / % + -', without '..'")
+            raise ScriptError(field, "use a path of letters, digits and '_ . / % + ? : @ = , ~ -', without '..'")
 
 
 def _check_pattern(field: str, value: str | None, pattern: re.Pattern[str], hint: str) -> None:
@@ -269,7 +273,7 @@ def _check_gpus(spec: JobSpec) -> None:
     given = [f for f in ("mem_mib", "mem_per_cpu_mib", "mem_per_gpu_mib") if getattr(spec, f) is not None]
     if len(given) > 1:
         raise ScriptError(given[-1], "--mem, --mem-per-cpu, and --mem-per-gpu are mutually exclusive.")
-    if spec.gpus_per_task is not None and spec.gpus is None and spec.ntasks is None:
+    if spec.gpus_per_task is not None and spec.gpus is None and spec.ntasks is None and not spec.ntasks_per_node:
         raise ScriptError("gpus_per_task", "--gpus-per-task used without either --gpus or -n/--ntasks is not allowed.")
     if spec.max_nodes is not None and spec.max_nodes < (spec.nodes or 1):
         raise ScriptError("max_nodes", "the maximum node count is below the minimum")
@@ -300,8 +304,12 @@ def _check_options(spec: JobSpec) -> None:
 def validate(spec: JobSpec) -> None:
     """Raise ScriptError naming the first field that cannot be rendered safely."""
     _check_types(spec)
-    for field in ("name", "partition", "qos", "account"):
+    _check_pattern("name", spec.name, _NAME, "use 1-64 letters, digits and '_ . + * : @ = , % ^ ~ ! ? ( ) [ ] { } / -'")
+    for field in ("qos", "account"):
         _simple(field, getattr(spec, field))
+    _check_pattern(
+        "partition", spec.partition, _PARTITIONS, "use partition names (letters, digits, '_ . + -'), comma-separated"
+    )
     _check_command(spec)
     _check_gpus(spec)
     _check_pattern("gpu_type", spec.gpu_type, _GPU_TYPE, "use lowercase letters, digits, '_', '.', '-'")

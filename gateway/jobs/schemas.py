@@ -48,7 +48,8 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     time_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
-    partition: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    partition: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    """One partition, or several comma-separated (``-p gpu,debug``)."""
     qos: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     env: Annotated[dict[str, Text], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=dict)
     """Variables the script sets for the program, whatever ``export`` says."""

@@ -147,3 +147,17 @@ def test_a_conflict_sbatch_refuses_is_refused_in_its_words() -> None:
 
 def test_our_id_is_read_up_to_the_users_comment() -> None:
     assert parse_comment("rgpu:inst:job1 run:7 b") == Origin(instance="inst", job_id="job1")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "*JOB_NAME*"},
+        {"partition": "gpu,debug"},
+        {"stdout": "mpi/errors_N_?.txt"},
+        {"ntasks_per_node": 2, "gpus_per_task": 1},  # sbatch counts the tasks from --ntasks-per-node
+    ],
+)
+def test_what_real_scripts_carry_is_taken(fields: dict[str, Any]) -> None:
+    """Found by the parity corpus: values raw sbatch takes."""
+    render(job_spec(msgspec.convert({**BASE, **fields}, JobCreate), "/tmp"))

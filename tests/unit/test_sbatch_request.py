@@ -94,3 +94,8 @@ def test_account_names_the_workspace_by_its_slurm_account() -> None:
 def test_bad_memory_names_the_option(argv: list[str], error: str) -> None:
     with pytest.raises(DirectiveError, match=error):
         job_request("j.sh", "#!/bin/bash\n", argv, cwd="/", environ={})
+
+
+@pytest.mark.parametrize(("value", "mib"), [("7GB", 7168), ("1000mb", 1000), ("7Gb", 7168), ("2g", 2048), ("512", 512)])
+def test_memory_sizes_as_sbatch_takes_them(value: str, mib: int) -> None:
+    assert job_request("j.sh", "#!/bin/bash\n", [f"--mem={value}"], cwd="/", environ={}).body["mem_mib"] == mib

@@ -150,6 +150,7 @@ def test_daily_options_reach_slurmrestd_under_its_names() -> None:
     assert (job["exclude_nodes"], job["nodelist"], job["no_requeue"]) == ("n2", "n1", True)
     assert (job["kill_on_invalid_dependency"], job["memory_per_gpu"]) == (True, "1G")
     assert job_description({"gpus": "a100:3", "ntasks-per-gpu": "1"}, {})["tasks"] == "3"
+    assert job_description({"nodes": "2", "ntasks": "1"}, {})["nodes"] == "1"  # as sbatch: no more nodes than tasks
     with pytest.raises(SubmitRejected, match="cannot signal the batch shell"):
         job_description({"signal": "B:USR1@60"}, {})
 
