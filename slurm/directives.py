@@ -45,6 +45,8 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "wait": ("W", False),
     "test-only": (None, False),
     "gpus-per-task": (None, True),
+    "ntasks-per-socket": (None, True),
+    "mincpus": (None, True),
     "cpus-per-gpu": (None, True),
     "mem-per-gpu": (None, True),
     "ntasks-per-gpu": (None, True),

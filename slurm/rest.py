@@ -92,6 +92,8 @@ JOB_FIELDS: dict[str, str] = {
     "container": "container",
     "chdir": "current_working_directory",
     "gpus-per-task": "gpus_per_task",
+    "ntasks-per-socket": "tasks_per_socket",
+    "mincpus": "minimum_cpus_per_node",
     "cpus-per-gpu": "cpus_per_gpu",
     "mem-per-gpu": "memory_per_gpu",
     "ntasks-per-gpu": "ntasks_per_gpu",

@@ -95,6 +95,9 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """``-N nodes-max_nodes``: a range of node counts."""
     ntasks: PositiveInt | None = None
     ntasks_per_node: PositiveInt | None = None
+    ntasks_per_socket: PositiveInt | None = None
+    mincpus: PositiveInt | None = None
+    """``--mincpus``: CPUs per node at least."""
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     """Per node: ``--gres=gpu[:type]:N`` (sbatch's ``--gpus-per-node`` makes the same job)."""
     gpu_type: str | None = None
@@ -365,6 +368,8 @@ def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | No
         ("nodes", f"{spec.nodes or 1}-{spec.max_nodes}" if spec.max_nodes else spec.nodes),
         ("ntasks", spec.ntasks),
         ("ntasks-per-node", ntasks_per_node),
+        ("ntasks-per-socket", spec.ntasks_per_socket),
+        ("mincpus", spec.mincpus),
         ("gres", gres),
         ("gpus", _typed("", spec.gpu_type, spec.gpus)),
         ("gpus-per-task", _typed("", spec.gpu_type, spec.gpus_per_task)),

@@ -86,6 +86,8 @@ def _gpus(options: Options, body: dict[str, Any]) -> None:
 _NUMBERS = (
     ("ntasks", "ntasks"),
     ("ntasks-per-node", "ntasks_per_node"),
+    ("ntasks-per-socket", "ntasks_per_socket"),
+    ("mincpus", "mincpus"),
     ("cpus-per-task", "cpus_per_task"),
     ("cpus-per-gpu", "cpus_per_gpu"),
     ("ntasks-per-gpu", "ntasks_per_gpu"),

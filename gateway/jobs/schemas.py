@@ -31,6 +31,8 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``-N nodes-max_nodes``."""
     ntasks: Count | None = None
     ntasks_per_node: Count | None = None
+    ntasks_per_socket: Count | None = None
+    mincpus: Count | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     """Per node (``--gres=gpu[:type]:N``, ``--gpus-per-node``)."""
     gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None

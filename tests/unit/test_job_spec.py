@@ -32,6 +32,8 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "max_nodes": (3, {"nodes": 2}),
     "ntasks": (4, {}),
     "ntasks_per_node": (2, {}),
+    "ntasks_per_socket": (2, {}),
+    "mincpus": (2, {}),
     "gpus_per_node": (2, {}),
     "gpu_type": ("a100", {"gpus_per_node": 1}),
     "gpus": (3, {}),
