@@ -150,7 +150,7 @@ class Database:
         * Writes on SQLite run one at a time in one thread: SQLite has one writer anyway, and queueing here
           costs nothing where queueing on its lock costs busy-waiting.
         * Reads (``write=False``) run each statement on its own (autocommit), so two of them may see different
-          commits, which a list's page and its count can live with. On SQLite they run in the caller's thread:
+          commits, which a list's page and its count can live with. On PostgreSQL they run on the event loop's own async connection (no hand-off); on SQLite in the caller's thread:
           in WAL mode a reader never waits for writers, and a page of 50 jobs takes less time than the hand-off
           (their busy timeout, INLINE_BUSY_TIMEOUT_MS, bounds the rare waits that remain). A read that found
           its connection gone is run once more.
