@@ -150,10 +150,11 @@ class Database:
         * Writes on SQLite run one at a time in one thread: SQLite has one writer anyway, and queueing here
           costs nothing where queueing on its lock costs busy-waiting.
         * Reads (``write=False``) run each statement on its own (autocommit), so two of them may see different
-          commits, which a list's page and its count can live with. On PostgreSQL they run on the event loop's own async connection (no hand-off); on SQLite in the caller's thread:
-          in WAL mode a reader never waits for writers, and a page of 50 jobs takes less time than the hand-off
-          (their busy timeout, INLINE_BUSY_TIMEOUT_MS, bounds the rare waits that remain). A read that found
-          its connection gone is run once more.
+          commits, which a list's page and its count can live with. No thread hand-off either: on PostgreSQL
+          they run on the event loop's own async connection; on SQLite in the caller's thread (in WAL mode a
+          reader never waits for writers, and a page of 50 jobs takes less time than the hand-off; their busy
+          timeout, INLINE_BUSY_TIMEOUT_MS, bounds the rare waits that remain). A read that found its connection
+          gone is run once more.
         * ``one_statement``: the unit's writes are one statement, atomic on its own (a CTE chaining INSERTs or an
           UPDATE and an INSERT): on PostgreSQL it runs in autocommit, without the BEGIN and COMMIT round trips
           (2 of a unit's 3). SQLite, with its lock taken at BEGIN, ignores it.
