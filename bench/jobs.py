@@ -31,12 +31,12 @@ import msgspec
 from sqlalchemy import text, update
 
 from bench.api import cli, cpu_seconds, database, free_ports, remotegpu_command, server
+from gateway.accounts.models import User
 from gateway.config import load_settings
 from gateway.db.session import Database
 from gateway.jobs.models import TrainingJob, new_job_id
 from gateway.jobs.poller import Poller
 from gateway.slurm_client import make_slurm_client
-from gateway.users.models import User
 from gateway.workspaces.models import Workspace
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient

@@ -13,21 +13,30 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
 from itertools import chain
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cachetools import TTLCache
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from gateway.actor import Actor
-from gateway.auth.models import ApiToken
 from gateway.db.base import utcnow
 from gateway.errors import GatewayError
-from gateway.users.models import User
-from gateway.workspaces.models import Member, Quota, Role, Workspace
+
+if TYPE_CHECKING:
+    from gateway.workspaces.models import Role, Workspace
 
 T = TypeVar("T")
-_WATCHED = (User, ApiToken, Member, Workspace, Quota)
+_WATCHED: tuple[type, ...] = ()
+"""The models whose changes can change who a token is or what role it has: each domain registers its own."""
+
+
+def watch_for_access(*models: type) -> None:
+    """Drop the cache whenever a committed transaction changed one of ``models`` (called by their domain)."""
+    global _WATCHED
+    _WATCHED = tuple(dict.fromkeys((*_WATCHED, *models)))
+
+
 _CHANGED = "remotegpu_access_changed"
 ACCESS_NEUTRAL = "remotegpu_access_neutral"
 """Execution option marking a bulk update that cannot change access (e.g. a token's last-use time)."""

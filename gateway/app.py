@@ -15,8 +15,8 @@ from litestar.routes import HTTPRoute
 from litestar.types import Message, Scope
 
 from gateway.access_cache import ACCESS_CACHE
+from gateway.accounts.controller import AuthController, MeController, UserController
 from gateway.audit.controller import AuditController, WorkspaceAuditController
-from gateway.auth.controller import AuthController, MeController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
 from gateway.db.session import Database
@@ -29,7 +29,6 @@ from gateway.jobs.service import JobService
 from gateway.observability import RequestContextMiddleware
 from gateway.openapi import docs_asset, openapi_config
 from gateway.slurm_client import make_slurm_client
-from gateway.users.controller import UserController
 from gateway.workspaces.controller import MemberController, QuotaController, WorkspaceController
 from slurm.client import SlurmClient
 

@@ -203,8 +203,8 @@ def create_user(
     """Create user NAME. The password comes from REMOTEGPU_PASSWORD or a prompt."""
     import msgspec
 
-    from gateway.users.schemas import UserCreate
-    from gateway.users.service import create_user as create
+    from gateway.accounts.schemas import UserCreate
+    from gateway.accounts.users import create_user as create
 
     password = None if no_password else _password_from_env_or_prompt()
     raw: dict[str, Any] = {
@@ -241,8 +241,8 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, username: str, name: str, expires_in_days: int | None) -> None:
     """Issue an API token for USERNAME and print it (operator command, acts on the database)."""
-    from gateway.auth.service import issue_token
-    from gateway.users.service import get_user
+    from gateway.accounts.auth import issue_token
+    from gateway.accounts.users import get_user
 
     settings = _settings(ctx)
 

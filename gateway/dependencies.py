@@ -11,8 +11,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.accounts import auth as auth_service
 from gateway.actor import Actor
-from gateway.auth import service as auth_service
 from gateway.config import Settings
 from gateway.db.request_sessions import remember_session, request_session
 from gateway.db.session import Database

@@ -19,14 +19,14 @@ from litestar import Litestar
 from sqlalchemy import delete
 
 from gateway.access_cache import ACCESS_CACHE
+from gateway.accounts.auth import issue_token
+from gateway.accounts.models import User
 from gateway.actor import Actor
 from gateway.app import create_app
-from gateway.auth.service import issue_token
 from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.models import Base
 from gateway.db.session import Database
-from gateway.users.models import User
 
 PG_ADMIN_URL = os.environ.get("REMOTEGPU_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
@@ -121,7 +121,7 @@ def make_user(clean_database: Database) -> UserFactory:
     """Create a user directly in the database and return bearer headers for it."""
 
     async def make(name: str, *, admin: bool = False, password: str | None = None) -> dict[str, str]:
-        from gateway.auth.passwords import hash_password
+        from gateway.accounts.passwords import hash_password
 
         async with clean_database.session() as session:
             user = User(

@@ -11,6 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
+from gateway.accounts.models import User
 from gateway.db.session import Database
 from gateway.dependencies import BEARER, DbSession
 from gateway.dependencies import Page as PageParams
@@ -20,7 +21,6 @@ from gateway.jobs.logs import follow as follow_log
 from gateway.jobs.schemas import JobCreate, JobEventOut, JobLogs, JobOut, TestOnlyOut
 from gateway.jobs.service import LISTABLE_STATES, JobService, has_finished
 from gateway.schemas import InstantQuery, Page, instant, whole
-from gateway.users.models import User
 from gateway.workspaces.deps import CACHED_ACCESS, WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
 JobId = Annotated[str, PathParameter(pattern=whole(r"[0-9a-f]{32}"))]

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from gateway.accounts.models import User
 from gateway.audit.writer import AUDIT_LOG, audit_row, record
 from gateway.config import Settings
 from gateway.db.base import UTCDateTime, utcnow
@@ -40,7 +41,6 @@ from gateway.jobs.origin import instance_id, parse_comment, slurm_comment
 from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob, job_spec, stored_spec
 from gateway.schemas import Pagination
-from gateway.users.models import User
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
 from slurm.arrays import combine_jobs, task_ids

@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from gateway.access_cache import watch_for_access
+from gateway.accounts.models import User
 from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
-from gateway.users.models import User
 
 _LIVE = text("deleted_at IS NULL")
 
@@ -118,3 +119,6 @@ class SlurmSync(Base):
     """When the state was last found (the end of the reconciliation that covered the workspace)."""
     failures: Mapped[int] = mapped_column(default=0)
     """Failed attempts in a row."""
+
+
+watch_for_access(Member, Workspace, Quota)  # roles, workspace status and quotas are in the cached access

@@ -7,6 +7,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.accounts.models import User
 from gateway.actor import Actor
 from gateway.audit.writer import record
 from gateway.cluster import service as cluster_service
@@ -15,7 +16,6 @@ from gateway.db.base import utcnow
 from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.schemas import Pagination
-from gateway.users.models import User
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Member, Quota, Role, SlurmSync, SyncState, Workspace, WorkspaceStatus
 from gateway.workspaces.schemas import MemberCreate, QuotaIn, QuotaPatch, WorkspaceCreate, WorkspaceUpdate

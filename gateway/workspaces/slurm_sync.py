@@ -20,9 +20,9 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.accounts.models import User
 from gateway.db.base import utcnow
 from gateway.db.session import Database
-from gateway.users.models import User
 from gateway.workspaces.models import Member, Quota, SlurmSync, SyncState, Workspace
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError, SlurmUnavailable

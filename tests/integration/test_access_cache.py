@@ -8,8 +8,8 @@ import httpx
 import msgspec
 from sqlalchemy import update
 
+from gateway.accounts.models import ApiToken
 from gateway.app import create_app
-from gateway.auth.models import ApiToken
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.session import Database

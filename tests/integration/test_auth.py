@@ -7,7 +7,7 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import update
 
-from gateway.auth.models import ApiToken
+from gateway.accounts.models import ApiToken
 from gateway.db.base import utcnow
 from gateway.db.session import Database
 from tests.conftest import UserFactory

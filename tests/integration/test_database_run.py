@@ -11,8 +11,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.accounts.models import User
 from gateway.db.session import Database
-from gateway.users.models import User
 
 
 def _add(name: str, session: Session) -> User:

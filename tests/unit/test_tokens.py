@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from gateway.auth.passwords import hash_password, verify_password
-from gateway.auth.tokens import looks_like_token, new_token, token_hash, token_prefix
+from gateway.accounts.passwords import hash_password, verify_password
+from gateway.accounts.tokens import looks_like_token, new_token, token_hash, token_prefix
 
 
 def test_tokens_are_random_prefixed_and_hash_deterministically() -> None:

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from gateway.accounts.models import User
 from gateway.db import migrate
 from gateway.db.session import Database
 from gateway.jobs.models import TrainingJob, new_job_id
 from gateway.jobs.poller import Poller
-from gateway.users.models import User
 from gateway.workspaces.models import Workspace
 from slurm.cli import CliSlurmClient
 from slurm.client import Submission

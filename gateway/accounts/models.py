@@ -1,11 +1,14 @@
+"""Users and their API tokens."""
+
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 
-from sqlalchemy import Enum, Index, String, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Enum, ForeignKey, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from gateway.access_cache import watch_for_access
 from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
 
 
@@ -59,3 +62,23 @@ class User(TimestampMixin, SoftDeleteMixin, Base):
     @property
     def active(self) -> bool:
         return not self.disabled and self.deleted_at is None
+
+
+class ApiToken(TimestampMixin, Base):
+    """A bearer token. Only its SHA-256 is stored; ``prefix`` is shown to people to tell tokens apart."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship(lazy="raise")
+
+
+watch_for_access(User, ApiToken)  # a disabled user or a revoked token must not outlive its commit

@@ -7,17 +7,16 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.accounts.models import ApiToken, User, UserType
+from gateway.accounts.passwords import hash_password
+from gateway.accounts.schemas import UserCreate, UserUpdate
 from gateway.actor import Actor
 from gateway.audit.writer import record
-from gateway.auth.models import ApiToken
-from gateway.auth.passwords import hash_password
 from gateway.db.base import utcnow
 from gateway.db.paging import count_rows, page_of
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.schemas import Pagination
-from gateway.users.models import User, UserType
-from gateway.users.schemas import UserCreate, UserUpdate
-from gateway.workspaces.models import Member
+from gateway.workspaces.models import Member, Role, Workspace
 
 
 def _live() -> Select[User]:
@@ -159,3 +158,17 @@ async def delete_user(session: AsyncSession, actor: Actor, name: str) -> None:
     )
     record(session, actor, "user.delete", target_type="user", target=user.name)
     await session.commit()
+
+
+async def me(session: AsyncSession, actor: Actor) -> tuple[User, list[tuple[str, Role]]]:
+    """The caller's account and their workspaces (slug, role), by slug."""
+    user = await session.get(User, actor.user_id)
+    if user is None:
+        raise NotFound("user not found")
+    rows = await session.execute(
+        select(Workspace.slug, Member.role)
+        .join(Member, Member.workspace_id == Workspace.id)
+        .where(Member.user_id == user.id, Member.deleted_at.is_(None), Workspace.deleted_at.is_(None))
+        .order_by(Workspace.slug)
+    )
+    return user, [(slug, role) for slug, role in rows]

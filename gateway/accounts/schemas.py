@@ -1,12 +1,15 @@
+"""Request and response bodies of users, tokens and logins."""
+
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from gateway.schemas import Email, Password, Region, UserName
-from gateway.users.models import User, UserType
+from gateway.accounts.models import ApiToken, User, UserType
+from gateway.schemas import Email, Password, Region, TokenName, UserName
 
 
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,4 +60,46 @@ class UserOut(msgspec.Struct, kw_only=True):
             created_at=user.created_at,
             updated_at=user.updated_at,
             last_login_at=user.last_login_at,
+        )
+
+
+ExpiresInDays = Annotated[int, msgspec.Meta(ge=1, le=3650)]
+
+
+class TokenRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    name: TokenName = "api"
+    expires_in_days: ExpiresInDays | None = None
+
+
+class TokenCreated(msgspec.Struct, kw_only=True):
+    """The only time the secret is shown."""
+
+    token: str
+    id: int
+    name: str
+    prefix: str
+    expires_at: datetime | None
+
+
+class TokenOut(msgspec.Struct, kw_only=True):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    current: bool
+
+    @classmethod
+    def of(cls, token: ApiToken, current_id: int | None) -> TokenOut:
+        return cls(
+            id=token.id,
+            name=token.name,
+            prefix=token.prefix,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            last_used_at=token.last_used_at,
+            current=token.id == current_id,
         )

@@ -10,15 +10,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.access_cache import ACCESS_CACHE, ACCESS_NEUTRAL
+from gateway.accounts.models import ApiToken, User
+from gateway.accounts.passwords import verify_password
+from gateway.accounts.schemas import TokenCreated
+from gateway.accounts.tokens import looks_like_token, new_token, token_hash, token_prefix
 from gateway.actor import Actor
 from gateway.audit.writer import record
-from gateway.auth.models import ApiToken
-from gateway.auth.passwords import verify_password
-from gateway.auth.schemas import TokenCreated
-from gateway.auth.tokens import looks_like_token, new_token, token_hash, token_prefix
 from gateway.db.base import utcnow
 from gateway.errors import NotFound, Unauthorized
-from gateway.users.models import User
 
 # Writing last_used_at on every request would turn each read into a write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -1,1 +1,0 @@
-"""Users: gateway accounts mapped to POSIX accounts on the cluster."""
