@@ -11,7 +11,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
-from gateway.accounts.models import User
 from gateway.db.session import Database
 from gateway.dependencies import BEARER, DbSession
 from gateway.dependencies import Page as PageParams
@@ -98,8 +97,7 @@ class JobController(Controller):
     @get("/{job_id:str}")
     async def get_job(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
         job = await jobs.get(db_session, access, job_id)
-        owner = await db_session.get_one(User, job.user_id)
-        return JobOut.of(job, owner.name)
+        return JobOut.of(job, await jobs.owner_name(db_session, job))
 
     @post("/{job_id:str}/cancel", status_code=202, operation_id="cancelJob", summary="Cancel a job")
     async def cancel(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> JobOut:
@@ -179,5 +177,4 @@ class JobController(Controller):
 
 async def _control(db_session: DbSession, access: Access, jobs: JobService, job_id: str, action: str) -> JobOut:
     job = await jobs.control(db_session, access, job_id, action)
-    owner = await db_session.get_one(User, job.user_id)
-    return JobOut.of(job, owner.name)
+    return JobOut.of(job, await jobs.owner_name(db_session, job))

@@ -338,6 +338,11 @@ class JobService:
             raise NotFound(f"job {job_id!r} not found")
         return job
 
+    async def owner_name(self, session: AsyncSession, job: TrainingJob) -> str:
+        """The gateway name of the job's owner, as job answers show it."""
+        owner = await session.get_one(User, job.user_id)
+        return owner.name
+
     async def list(
         self,
         access: WorkspaceAccess,
