@@ -55,14 +55,15 @@ EXPORT = re.compile(rf"ALL|NONE|(ALL,)?{_EXPORT_ITEM}(,{_EXPORT_ITEM})*", re.IGN
 """sbatch's ``--export`` values: ``ALL``, ``NONE``, or ``[ALL,]NAME[=value],...`` (values hold no comma)."""
 
 READER = (
-    "unset PATH LANG HOME USER LOGNAME SHELL; "
+    "unset PATH LANG HOME USER LOGNAME SHELL SHLVL; "
     'while IFS= read -r -d \'\' kv && [ -n "$kv" ]; do export "$kv" || exit 1; done; '
     '"$0" "$@"; exit $?'
 )
 """Run as ``bash -c READER SBATCH ARGS...`` in the submitter's directory (sbatch records it as
 ``SLURM_SUBMIT_DIR``): exports the entries on stdin up to an empty one, then runs ``SBATCH ARGS`` with the
 rest of stdin (the script); bash reads a pipe a byte at a time, so nothing of the script is lost. Not with
-``exec``: bash's exec lowers ``SHLVL``, which the job would see."""
+``exec``: bash's exec lowers ``SHLVL``, which the job would see; and this bash's own ``SHLVL`` is unset first,
+so a submitter without one (``env -i``) gives sbatch none, as their own sbatch would have."""
 
 
 def submit_dir(environment: Mapping[str, str] | None) -> str:

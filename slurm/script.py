@@ -47,6 +47,8 @@ _CONSTRAINT = re.compile(r"^[A-Za-z0-9_.&|*\[\]()!:,-]{1,1024}$")
 _GPU_BIND = re.compile(r"^[A-Za-z0-9_:,.]{1,256}$")
 _DISTRIBUTION = re.compile(r"^[A-Za-z0-9*:,=]{1,64}$")
 _LICENSES = re.compile(r"^[A-Za-z0-9_.:@,|-]{1,1024}$")
+_GET_USER_ENV = re.compile(r"^(\d{1,9})?[SsLl]?$")
+"""``--get-user-env``'s value: ``[timeout][mode]``, a timeout in seconds and S (short) or L (long); may be empty."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = re.compile(
     r"^(SLURM_|SLURMD_|GEMINI_|REMOTEGPU_)|^(MASTER_ADDR|MASTER_PORT|NNODES|NPROC_PER_NODE|NODE_RANK)$"
@@ -99,7 +101,10 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     mincpus: PositiveInt | None = None
     """``--mincpus``: CPUs per node at least."""
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
-    """Per node: ``--gres=gpu[:type]:N`` (sbatch's ``--gpus-per-node`` makes the same job)."""
+    """Per node: ``--gres=gpu[:type]:N`` or ``--gpus-per-node``, as :attr:`gpus_per_node_option` says."""
+    gpus_per_node_option: Literal["gres", "gpus-per-node"] = "gres"
+    """How the GPUs per node are asked of sbatch: ``--gres=gpu[:type]:N`` or ``--gpus-per-node=[type:]N`` (the
+    same job, but sbatch tells the job ``SLURM_GPUS_PER_NODE`` only for the second)."""
     gpu_type: str | None = None
     """The type of every GPU form given (``a100`` in ``--gpus=a100:2``); None: any."""
     gpus: GpuCount | None = None
@@ -112,7 +117,8 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     gres: list[str] = msgspec.field(default_factory=list)
     """Generic resources other than GPUs, as ``--gres`` items (``name[:type][:count]``)."""
     cpus_per_task: PositiveInt | None = None
-    mem_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
+    mem_mib: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEM_MIB)] | None = None
+    """``--mem``; 0: all of each node's memory (``--mem=0``)."""
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=MAX_MEM_MIB)] | None = None
     time_minutes: Annotated[int, msgspec.Meta(ge=1, le=MAX_TIME_MINUTES)] | None = None
     partition: str | None = None
@@ -161,6 +167,8 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     distribution: str | None = None
     licenses: str | None = None
     kill_on_invalid_dep: bool | None = None
+    get_user_env: str | None = None
+    """``--get-user-env[=timeout][mode]`` (``60L``); ``""``: the option without a value; None: not given."""
     image: str | None = None
     launch: Literal["none", "torchrun"] = "none"
     nproc_per_node: PositiveInt | None = None
@@ -299,6 +307,7 @@ def _check_options(spec: JobSpec) -> None:
         ("gpu_bind", _GPU_BIND, "use sbatch's syntax, e.g. closest or map_gpu:0,1"),
         ("distribution", _DISTRIBUTION, "use sbatch's syntax, e.g. block:cyclic"),
         ("licenses", _LICENSES, "use sbatch's syntax, e.g. matlab:2,ansys@db:1"),
+        ("get_user_env", _GET_USER_ENV, "use [timeout][S|L], e.g. 60L, or nothing"),
     ]
     for field, pattern, hint in checks:
         _check_pattern(field, getattr(spec, field), pattern, hint)
@@ -337,15 +346,19 @@ def validate(spec: JobSpec) -> None:
 def directives(spec: JobSpec) -> list[str]:
     """``#SBATCH`` lines. Every value here was validated against a character allow-list."""
     ntasks_per_node = spec.ntasks_per_node or (1 if spec.launch == "torchrun" else None)
-    gres = [f"gpu:{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else f"gpu:{spec.gpus_per_node}"]
-    gres = gres if spec.gpus_per_node else []
+    typed = f"{spec.gpu_type}:{spec.gpus_per_node}" if spec.gpu_type else str(spec.gpus_per_node)
+    as_gres = spec.gpus_per_node and spec.gpus_per_node_option == "gres"
+    gres = [f"gpu:{typed}"] if as_gres else []
     values = _directive_values(spec, ntasks_per_node, ",".join(gres + spec.gres) or None)
+    if spec.gpus_per_node and not as_gres:
+        values.append(("gpus-per-node", typed))
     lines = [f"--{option}={value}" for option, value in values if value is not None and value != ""]
     flags = {
         "hold": spec.hold,
         "exclusive": spec.exclusive == "node",
         "requeue": spec.requeue is True,
         "no-requeue": spec.requeue is False,
+        "get-user-env": spec.get_user_env == "",
     }
     lines += [f"--{flag}" for flag, given in flags.items() if given]
     return [f"#SBATCH {line}" for line in lines]
@@ -378,7 +391,7 @@ def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | No
         ("ntasks-per-gpu", spec.ntasks_per_gpu),
         ("gpu-bind", spec.gpu_bind),
         ("cpus-per-task", spec.cpus_per_task),
-        ("mem", f"{spec.mem_mib}M" if spec.mem_mib else None),
+        ("mem", None if spec.mem_mib is None else f"{spec.mem_mib}M" if spec.mem_mib else "0"),
         ("mem-per-cpu", f"{spec.mem_per_cpu_mib}M" if spec.mem_per_cpu_mib else None),
         ("time", spec.time_minutes),
         ("partition", spec.partition),
@@ -407,6 +420,7 @@ def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | No
         ("distribution", spec.distribution),
         ("licenses", spec.licenses),
         ("kill-on-invalid-dep", _yes_no(spec.kill_on_invalid_dep)),
+        ("get-user-env", spec.get_user_env),
     ]
 
 

@@ -63,6 +63,8 @@ def _gpus(options: Options, body: dict[str, Any]) -> None:
     one GPU type for all of them."""
     types: set[str] = set()
     per_node = _typed_count(options, "gpus-per-node")
+    if per_node is not None:
+        body["gpus_per_node_option"] = "gpus-per-node"
     if isinstance(gres := options.get("gres"), str):
         from_gres, others = _gres(gres)
         per_node = per_node or from_gres
@@ -149,6 +151,9 @@ def _options(options: Options, body: dict[str, Any]) -> None:
         if value.lower() not in ("yes", "no"):
             raise DirectiveError(f"--kill-on-invalid-dep={value}: use yes or no")
         body["kill_on_invalid_dep"] = value.lower() == "yes"
+    if "get-user-env" in options:
+        value = options["get-user-env"]
+        body["get_user_env"] = value if isinstance(value, str) else ""  # "": the option without a value
 
 
 def _nodes(options: Options, body: dict[str, Any]) -> None:

@@ -35,6 +35,9 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mincpus: Count | None = None
     gpus_per_node: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     """Per node (``--gres=gpu[:type]:N``, ``--gpus-per-node``)."""
+    gpus_per_node_option: Literal["gres", "gpus-per-node"] = "gres"
+    """How the GPUs per node are asked of sbatch: ``--gres=gpu[:type]:N`` or ``--gpus-per-node=[type:]N`` (the
+    same job, but sbatch tells the job ``SLURM_GPUS_PER_NODE`` only for the second)."""
     gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     """The type of each GPU form given; None: any."""
     gpus: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
@@ -47,7 +50,8 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gres: Annotated[list[Short], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
     """Generic resources other than GPUs (``name[:type][:count]``)."""
     cpus_per_task: Count | None = None
-    mem_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
+    mem_mib: Annotated[int, msgspec.Meta(ge=0, le=2**31)] | None = None
+    """``--mem``; 0: all of each node's memory (``--mem=0``)."""
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     time_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
     partition: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
@@ -96,6 +100,8 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     distribution: Short | None = None
     licenses: Text | None = None
     kill_on_invalid_dep: bool | None = None
+    get_user_env: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    """``--get-user-env[=timeout][mode]``: ``""`` for the option alone, else its value (``60L``); null: not given."""
 
 
 def job_spec(data: JobCreate, work_dir: str) -> JobSpec:

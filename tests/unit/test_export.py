@@ -112,6 +112,12 @@ def test_the_forced_variables_win_and_shlvl_is_left_as_it_was() -> None:
     assert env["SHLVL"] == "4"  # the printing bash's own level: one above what the reader was given
 
 
+def test_a_submitter_without_shlvl_gives_sbatch_none() -> None:
+    """``env -i remotegpu submit``: the reader's own level must not reach sbatch (the job saw SHLVL 2, not 1)."""
+    env, _ = _read({"SLURM_CONF": "/theirs"}, {"SLURM_CONF": "/ours"}, b"")
+    assert env["SHLVL"] == "1"  # the printing bash's own, from none
+
+
 def test_sbatch_runs_in_the_submitters_directory_where_it_exists() -> None:
     assert submit_dir({"PWD": "/tmp"}) == "/tmp"
     assert submit_dir({"PWD": "/nonexistent/dir"}) == "/"

@@ -36,6 +36,7 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "mincpus": (2, {}),
     "gpus_per_node": (2, {}),
     "gpu_type": ("a100", {"gpus_per_node": 1}),
+    "gpus_per_node_option": ("gpus-per-node", {"gpus_per_node": 1}),
     "gpus": (3, {}),
     "gpus_per_task": (1, {"ntasks": 2}),
     "cpus_per_gpu": (4, {"gpus": 1}),
@@ -85,6 +86,7 @@ SAMPLES: dict[str, tuple[Any, dict[str, Any]]] = {
     "distribution": ("block:cyclic", {}),
     "licenses": ("matlab:1", {}),
     "kill_on_invalid_dep": (True, {}),
+    "get_user_env": ("", {}),
 }
 
 
