@@ -352,7 +352,7 @@ def submit(args: tuple[str, ...]) -> None:
     --ntasks-per-gpu, --gpu-bind. Also -J -N (N or MIN-MAX) -n -c --ntasks-per-node --mem --mem-per-cpu -t
     --time-min -p -q -a -d -o -e --open-mode --export --export-file -D -H --mail-type --mail-user --exclusive
     -C -w -x -b --deadline --signal --requeue --no-requeue --reservation --nice --comment --wckey -m -L
-    --kill-on-invalid-dep, -A/--account (picks the workspace with that Slurm account), plus --workspace,
+    --kill-on-invalid-dep --get-user-env, -A/--account (picks the workspace with that Slurm account), plus --workspace,
     --dataset, --model, --image. Any other option is refused, by name and why.
     """
     from gateway.client.sbatch import job_request

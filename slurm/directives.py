@@ -71,6 +71,7 @@ OPTIONS: dict[str, tuple[str | None, bool]] = {
     "distribution": ("m", True),
     "licenses": ("L", True),
     "kill-on-invalid-dep": (None, True),
+    "get-user-env": (None, False),  # [=timeout][mode], inline only
     # ours, for `remotegpu submit` (sbatch itself would refuse them)
     "workspace": (None, True),
     "dataset": (None, True),
@@ -134,7 +135,6 @@ _LONG_NAMES = sorted(_SBATCH.keys() | OPTIONS.keys())
 WHY_NOT: dict[str, str] = {
     "uid": "jobs run as the submitting user",
     "gid": "jobs run as the submitting user",
-    "get-user-env": "the job gets the environment you submit from",
     "wrap": "give a script",
     "clusters": "the gateway drives one cluster",
     "cluster": "the gateway drives one cluster",
@@ -364,12 +364,16 @@ def minutes(value: str) -> int:
 
 
 def memory(value: str, option: str = "mem") -> int:
-    """sbatch memory sizes (default unit M; K, M, G, T) -> MiB. ``0`` (all of a node's memory) is refused."""
+    """sbatch memory sizes (default unit M; K, M, G, T) -> MiB.
+
+    ``--mem=0`` is 0: all of each node's memory, as sbatch takes it (gateway.jobs.quota checks it against a
+    quota). A 0 for ``--mem-per-cpu`` or ``--mem-per-gpu`` is refused.
+    """
     sized = _SBATCH_SIZE.fullmatch(value)  # sbatch also takes 7GB, 1000mb, 7Gb
     try:
         result = memory_mib(f"{sized[1]}{sized[2].upper()}" if sized else value)
     except ValueError as exc:
         raise DirectiveError(f"--{option}={value}: {exc}") from None
-    if result == 0:
-        raise DirectiveError(f"--{option}=0 (all of a node's memory) is not supported: give a size")
+    if result == 0 and option != "mem":
+        raise DirectiveError(f"--{option}=0 is not supported: give a size")
     return result

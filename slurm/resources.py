@@ -70,7 +70,10 @@ def cpus(request: Request) -> int:
 
 
 def memory_mib(request: Request) -> int | None:
-    """Memory: per node times nodes, per CPU times CPUs, or per GPU times GPUs; None: the cluster's default."""
+    """Memory: per node times nodes, per CPU times CPUs, or per GPU times GPUs; None: the cluster's default,
+    or per node 0 (``--mem=0``: all of each node's memory, which depends on the nodes the job gets)."""
+    if request.mem_per_node_mib == 0:
+        return None
     if request.mem_per_node_mib is not None:
         return request.mem_per_node_mib * (request.nodes or 1)
     if request.mem_per_cpu_mib is not None:

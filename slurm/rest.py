@@ -114,6 +114,7 @@ JOB_FIELDS: dict[str, str] = {
     "distribution": "distribution",
     "licenses": "licenses",
     "kill-on-invalid-dep": "kill_on_invalid_dependency",
+    "get-user-env": "get_user_environment",
 }
 """(Each name checked against slurmrestd 22.05.8: it accepts some fields by sbatch's option name, e.g.
 ``nodelist``, refuses others, e.g. ``exclude`` and ``required_nodes``.)"""
@@ -310,6 +311,8 @@ def job_description(options: Mapping[str, str | None], environment: Mapping[str,
                 f"--signal={value}: slurmrestd 22.05 cannot signal the batch shell alone (B:); use the CLI backend",
                 command="slurmrestd",
             )
+        elif name == "get-user-env":  # slurmrestd reads sbatch's text ("" for none; its boolean form fails)
+            job["get_user_environment"] = value or ""
         elif name == "kill-on-invalid-dep":
             job["kill_on_invalid_dependency"] = (value or "").lower() in ("yes", "y", "1")
         elif name == "exclusive":

@@ -40,7 +40,8 @@ def requested_tres(data: JobCreate) -> dict[str, tuple[int, str]]:
 
     Counted as sbatch counts (slurm.resources): one node and one task per node unless told, one CPU per task
     unless told; memory per node times nodes, per CPU times CPUs or per GPU times GPUs (absent when none is
-    given: the cluster's default applies). Each task of an array is a job of its own: this is one task's.
+    given: the cluster's default applies, or with ``--mem=0``: see :func:`check_quota`). Each task of an array
+    is a job of its own: this is one task's.
     """
     request = resource_request(data)
     cpu_field = _first_given(data, "cpus_per_task", "cpus_per_gpu")
@@ -56,8 +57,17 @@ def requested_tres(data: JobCreate) -> dict[str, tuple[int, str]]:
 
 
 def check_quota(quota: Quota | None, data: JobCreate) -> None:
-    """Raise InvalidInput, naming the field, for the first request that alone exceeds the quota's limit."""
+    """Raise InvalidInput, naming the field, for the first request that alone exceeds the quota's limit.
+
+    ``--mem=0`` (``mem_mib`` 0) asks for all of each node's memory, which depends on the nodes Slurm picks and
+    is not known here: with a memory quota it is refused (give a size), without one it passes.
+    """
     limits = grp_tres_for(quota)
+    if data.mem_mib == 0 and "mem" in limits:
+        raise InvalidInput(
+            "--mem=0 (all of a node's memory) cannot be checked against the workspace's memory quota: give a size",
+            field="mem_mib",
+        )
     for name, (amount, field) in requested_tres(data).items():
         limit = limits.get(name)
         if limit is not None and amount > limit:

@@ -62,3 +62,13 @@ def test_over_the_quota_names_the_field(quota: dict[str, Any], fields: dict[str,
 def test_what_fits_or_has_no_limit_passes() -> None:
     check_quota(None, job(gpus_per_node=8))
     check_quota(Quota(gpus=4, gpus_by_type={"h100": 1}, cpus=4), job(gpus_per_node=4, gpu_type="a100", ntasks=4))
+
+
+def test_all_of_a_nodes_memory_is_refused_only_under_a_memory_quota() -> None:
+    assert "mem" not in requested_tres(job(mem_mib=0))  # not a count of MiB: it depends on the nodes
+    check_quota(None, job(mem_mib=0))
+    check_quota(Quota(gpus=4, gpus_by_type={}, cpus=4), job(mem_mib=0))
+    with pytest.raises(InvalidInput) as refused:
+        check_quota(Quota(gpus_by_type={}, memory_bytes=1024**4), job(mem_mib=0))
+    assert refused.value.errors is not None and refused.value.errors[0].field == "mem_mib"
+    assert "--mem=0" in refused.value.detail

@@ -90,7 +90,9 @@ def test_account_names_the_workspace_by_its_slurm_account() -> None:
     assert job_request("j.sh", "#!/bin/bash\n#SBATCH -A a\n", ["--account=b"], cwd="/", environ={}).account == "b"
 
 
-@pytest.mark.parametrize(("argv", "error"), [(["--mem=0"], "--mem=0"), (["--mem-per-cpu=lots"], "--mem-per-cpu=lots")])
+@pytest.mark.parametrize(
+    ("argv", "error"), [(["--mem-per-cpu=0"], "--mem-per-cpu=0"), (["--mem-per-cpu=lots"], "--mem-per-cpu=lots")]
+)
 def test_bad_memory_names_the_option(argv: list[str], error: str) -> None:
     with pytest.raises(DirectiveError, match=error):
         job_request("j.sh", "#!/bin/bash\n", argv, cwd="/", environ={})
@@ -99,3 +101,16 @@ def test_bad_memory_names_the_option(argv: list[str], error: str) -> None:
 @pytest.mark.parametrize(("value", "mib"), [("7GB", 7168), ("1000mb", 1000), ("7Gb", 7168), ("2g", 2048), ("512", 512)])
 def test_memory_sizes_as_sbatch_takes_them(value: str, mib: int) -> None:
     assert job_request("j.sh", "#!/bin/bash\n", [f"--mem={value}"], cwd="/", environ={}).body["mem_mib"] == mib
+
+
+def test_all_of_a_nodes_memory_is_mem_0() -> None:
+    assert job_request("j.sh", "#!/bin/bash\n#SBATCH --mem=0\n", [], cwd="/", environ={}).body["mem_mib"] == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "value"),
+    [("#SBATCH --get-user-env\n", [], ""), ("", ["--get-user-env=60L"], "60L"), ("", [], None)],
+)
+def test_get_user_env_passes_through(script: str, argv: list[str], value: str | None) -> None:
+    body = job_request("j.sh", f"#!/bin/bash\n{script}", argv, cwd="/", environ={}).body
+    assert body.get("get_user_env") == value

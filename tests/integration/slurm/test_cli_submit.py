@@ -47,9 +47,9 @@ def test_login_submit_follow(
     owner = pwd.getpwnam(user)
     os.chown(script, owner.pw_uid, owner.pw_gid)
 
-    bad = cli("submit", "--get-user-env", "--bb=x", "job.sh", cwd=home)
+    bad = cli("submit", "--uid=0", "--bb=x", "job.sh", cwd=home)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "--bb (no burst buffers here)" in bad.stderr and "--get-user-env (the job gets the environment" in bad.stderr
+    assert "--bb (no burst buffers here)" in bad.stderr and "--uid (jobs run as the submitting user)" in bad.stderr
 
     submitted = cli("submit", "-t", "3", "job.sh", "--world", cwd=home)  # the script's argument, not sbatch's
     assert submitted.returncode == 0, submitted.stderr

@@ -109,10 +109,24 @@ def test_command_lines(argv: list[str], options: Options, args: list[str]) -> No
 
 def test_unsupported_options_are_listed_together() -> None:
     with pytest.raises(DirectiveError) as err:
-        parse("#!/bin/bash\n#SBATCH --mail-user=x --get-user-env\n", ["--uid=0", "-N2"])
-    assert err.value.unsupported == ["--get-user-env", "--uid"]
+        parse("#!/bin/bash\n#SBATCH --mail-user=x --wrap=true\n", ["--uid=0", "-N2"])
+    assert err.value.unsupported == ["--uid", "--wrap"]
     assert "--uid (jobs run as the submitting user)" in str(err.value)
-    assert "--get-user-env (the job gets the environment you submit from)" in str(err.value)
+    assert "--wrap (give a script)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "value"),
+    [
+        ("#SBATCH --get-user-env\n", [], None),
+        ("#SBATCH --get-user-env=60L\n", [], "60L"),
+        ("", ["--get-user-env=S"], "S"),
+        ("#SBATCH --get-user-env=10\n", ["--get-user"], None),  # abbreviated, as sbatch takes it
+    ],
+)
+def test_get_user_env_is_read_with_its_optional_value(script: str, argv: list[str], value: str | None) -> None:
+    options, args = parse(f"#!/bin/bash\n{script}", argv)
+    assert options == {"get-user-env": value} and args == []
 
 
 def test_values_of_unsupported_options_are_skipped_so_all_are_listed() -> None:
@@ -177,8 +191,8 @@ def test_bad_times(text: str, error: str) -> None:
 
 
 def test_memory() -> None:
-    assert [memory(v) for v in ("512", "16G", "1T", "100K")] == [512, 16384, 1048576, 1]
-    for bad, error in (("0", "all of a node"), ("lots", "memory size")):
+    assert [memory(v) for v in ("512", "16G", "1T", "100K", "0")] == [512, 16384, 1048576, 1, 0]  # 0: all of a node's
+    for bad, error in (("0", "is not supported"), ("lots", "memory size")):
         with pytest.raises(DirectiveError, match=error):
             memory(bad, "mem-per-cpu")
 

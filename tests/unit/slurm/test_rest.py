@@ -15,6 +15,7 @@ import pytest
 from slurm.cli import SBATCH_OPTIONS
 from slurm.client import Submission
 from slurm.dialects import v22_05
+from slurm.directives import script_directives
 from slurm.errors import (
     AccessDenied,
     InvalidAccount,
@@ -28,6 +29,7 @@ from slurm.errors import (
 )
 from slurm.records import Association, JobState
 from slurm.rest import (
+    DIRECTIVES,
     MAPPED,
     RestSlurmClient,
     SubmitHost,
@@ -153,6 +155,16 @@ def test_daily_options_reach_slurmrestd_under_its_names() -> None:
     assert job_description({"nodes": "2", "ntasks": "1"}, {})["nodes"] == "1"  # as sbatch: no more nodes than tasks
     with pytest.raises(SubmitRejected, match="cannot signal the batch shell"):
         job_description({"signal": "B:USR1@60"}, {})
+
+
+def test_get_user_env_and_all_of_a_nodes_memory_reach_slurmrestd_as_sbatch_text() -> None:
+    """slurmrestd 22.05 refuses ``"get_user_environment": true`` ("Invalid get user environment
+    specification"); it takes sbatch's text, ``""`` for the option without a value."""
+    assert job_description({"get-user-env": None}, {})["get_user_environment"] == ""
+    assert job_description({"get-user-env": "60L"}, {})["get_user_environment"] == "60L"
+    assert job_description({"mem": "0"}, {})["memory_per_node"] == "0"
+    script = "#!/bin/bash\n#SBATCH --get-user-env\n#SBATCH --mem=0\n"
+    assert script_directives(script, DIRECTIVES) == ({"get-user-env": None, "mem": "0"}, [])
 
 
 # --- the environment ---------------------------------------------------------------------------------------

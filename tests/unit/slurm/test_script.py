@@ -148,6 +148,24 @@ def test_directives() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("fields", "lines"),
+    [
+        ({"get_user_env": ""}, ["#SBATCH --get-user-env"]),
+        ({"get_user_env": "60L"}, ["#SBATCH --get-user-env=60L"]),
+        ({"mem_mib": 0}, ["#SBATCH --mem=0"]),
+    ],
+)
+def test_get_user_env_and_mem_0_are_written_as_sbatch_reads_them(fields: dict[str, object], lines: list[str]) -> None:
+    assert directives(JobSpec(name="j", command=["true"], **fields))[1:] == lines  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["60 L", "L60", "x", "60L\n#SBATCH --uid=0"])
+def test_get_user_env_values_are_allow_listed(value: str) -> None:
+    with pytest.raises(ScriptError, match="get_user_env"):
+        render(JobSpec(name="j", command=["true"], get_user_env=value))
+
+
 def test_minimal_script_has_only_a_name() -> None:
     text = render(JobSpec(name="j", command=["true"]))
     assert [line for line in text.splitlines() if line.startswith("#SBATCH")] == ["#SBATCH --job-name=j"]
