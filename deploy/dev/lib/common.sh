@@ -4,8 +4,30 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 DEV_STATE="${REMOTEGPU_DEV_STATE:-$REPO_ROOT/var/dev}"
-VENV="${REMOTEGPU_VENV:-$REPO_ROOT/.venv}"
 mkdir -p "$DEV_STATE"
+
+others_can_enter() {
+    # others_can_enter DIR: every directory from DIR up to / lets other users through (x or t for others)
+    local dir; dir="$(readlink -f "$1")"
+    while :; do
+        [[ "$(stat -Lc %A "$dir" | cut -c10)" == [xt] ]] || return 1
+        [ "$dir" = / ] && return 0
+        dir="$(dirname "$dir")"
+    done
+}
+
+# The venv every user runs the CLI from. A checkout others cannot enter (a clone under /root) cannot hold it, nor
+# can its editable install point there: then it lives under /var/tmp with a copy of the package, made anew each time.
+PRIVATE_CHECKOUT=""
+if [ -n "${REMOTEGPU_VENV:-}" ]; then
+    VENV="$REMOTEGPU_VENV"
+elif others_can_enter "$REPO_ROOT"; then
+    VENV="$REPO_ROOT/.venv"
+else
+    VENV="/var/tmp/remotegpu-venv-$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-12)"
+    PRIVATE_CHECKOUT=1
+fi
+export REMOTEGPU_CLI_VENV="$VENV"  # tests run the CLI as non-root users from it (tests/cli_runner.py)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -76,9 +98,16 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$REPO_ROOT/pyproject.toml" -nt "$stamp" ]; then
         say "installing remotegpu[$extras] into $VENV"
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[$extras]"
+        if [ -n "$PRIVATE_CHECKOUT" ]; then
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$REPO_ROOT[$extras]"
+        else
+            "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[$extras]"
+        fi
         touch "$stamp"
+    elif [ -n "$PRIVATE_CHECKOUT" ]; then  # the copy follows the checkout
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$REPO_ROOT"
     fi
+    chmod -R a+rX "$VENV"
 }
 
 pid_running() {

@@ -33,6 +33,7 @@ import httpx
 import msgspec
 import pytest
 
+from tests import cli_runner
 from tests.integration.slurm.conftest import REMOTEGPU, Cluster, Gateway, PosixUserFactory, free_port, home_of
 
 REPO = Path(__file__).resolve().parents[3]
@@ -157,20 +158,6 @@ def test_corpus_is_large_varied_and_sourced() -> None:
 # --- the two ways ------------------------------------------------------------------------------------------
 
 
-def usable_by(user: str, python: Path) -> bool:
-    probe = subprocess.run(["runuser", "-u", user, "--", str(python), "-c", "import gateway.cli"], capture_output=True)
-    return probe.returncode == 0
-
-
-def user_venv(user: str) -> Path:
-    """A virtualenv with the CLI that an unprivileged user can run (the pyenv Python under /root is not one)."""
-    candidates = [os.environ.get("REMOTEGPU_TEST_VENV"), str(REPO / ".venv"), "/opt/rgpu-venv-test"]
-    for candidate in filter(None, candidates):
-        if usable_by(user, Path(candidate, "bin", "python")):
-            return Path(candidate)
-    pytest.fail(f"no virtualenv with remotegpu that {user} can execute (tried {candidates}; set REMOTEGPU_TEST_VENV)")
-
-
 class Submitter(msgspec.Struct, frozen=True):
     """One POSIX user of a workspace on a running gateway, and the environment both submissions share."""
 
@@ -277,7 +264,7 @@ def submitter(
             json={"slug": "parity", "name": "Parity", "owner": user, "slurm_account": account},
         )
         assert r.status_code == 201, r.text
-        venv = user_venv(user)
+        venv = cli_runner.user_venv()
         sub = Submitter(cluster=slurm_cluster, gateway=gateway, backend=backend, user=user, account=account, venv=venv)
         login = sub.run(
             str(venv / "bin" / "remotegpu"),
