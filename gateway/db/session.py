@@ -126,11 +126,22 @@ class Database:
         self._threaded: _Threaded | None = None
         self._threads_lock = threading.Lock()
         self.read_sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._loop_reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._loop_reads = self._make_loop_reads(url, pool_size, echo)
         self.sessionmaker = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
         """Sessions that may write (the default); ``read_sessionmaker`` for read-only work."""
+
+    @staticmethod
+    def _make_loop_reads(url: str, pool_size: int, echo: bool) -> AsyncEngine:
+        """Reads on the event loop's connections (PostgreSQL): autocommit, no ping before each and no reset after
+        (each a round trip, as long as the page's own query); a connection lost meanwhile fails its read, which
+        ``run`` repeats once."""
+        parsed = async_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            return create_engine(url, pool_size=pool_size, echo=echo)  # never used for SQLite (reads run inline)
+        options = _engine_options(parsed, pool_size, echo, pre_ping=False)
+        return create_async_engine(parsed, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options)
 
     @property
     def backend(self) -> str:
@@ -216,6 +227,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self._loop_reads.dispose()
         with self._threads_lock:
             threaded, self._threaded = self._threaded, None
         if threaded is not None:
