@@ -5,6 +5,7 @@ Every command runs as a non-root POSIX user (``runuser -u``) from a venv every u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -71,11 +72,9 @@ def server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if httpx.get(base + "/readyz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
-                pass
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

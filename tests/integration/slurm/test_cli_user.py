@@ -61,7 +61,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
-        pass
+        """Quiet: the stand-in server's requests are not the test's output."""
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ async def test_a_path_the_user_cannot_reach_gets_one_answer_whatever_is_there(
     logs = f"{WS}/lab/jobs/{job['id']}/logs"
 
     def nothing() -> None:
-        pass
+        """The path stays missing."""
 
     def alices_file() -> None:
         target.write_text("secret that alice wrote before the directory was closed\n")
