@@ -126,7 +126,9 @@ class Database:
         self._threaded: _Threaded | None = None
         self._threads_lock = threading.Lock()
         self.read_sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._loop_reads = self._make_loop_reads(url, pool_size, echo)
+        self._loop_reads = (
+            None if self.engine.dialect.name == "sqlite" else self._make_loop_reads(url, pool_size, echo)
+        )  # SQLite reads run inline
         self.sessionmaker = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
@@ -138,8 +140,6 @@ class Database:
         (each a round trip, as long as the page's own query); a connection lost meanwhile fails its read, which
         ``run`` repeats once."""
         parsed = async_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            return create_engine(url, pool_size=pool_size, echo=echo)  # never used for SQLite (reads run inline)
         options = _engine_options(parsed, pool_size, echo, pre_ping=False)
         return create_async_engine(parsed, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options)
 
@@ -193,6 +193,7 @@ class Database:
     async def _unit_in_loop(self, work: Callable[[Session], T]) -> T:
         """A read unit on the event loop's own connection (psycopg async, autocommit), the synchronous ``work``
         run through SQLAlchemy's greenlet bridge: no thread hand-off, which costs more than the page it reads."""
+        assert self._loop_reads is not None  # PostgreSQL only
         async with self._loop_reads.connect() as connection:
             return await connection.run_sync(_read_on, work)
 
@@ -227,7 +228,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        await self._loop_reads.dispose()
+        if self._loop_reads is not None:
+            await self._loop_reads.dispose()
         with self._threads_lock:
             threaded, self._threaded = self._threaded, None
         if threaded is not None:
