@@ -301,6 +301,18 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
+def remove_user(user: str) -> None:
+    """``userdel --remove`` a throw-away POSIX user once its processes are gone (userdel refuses a user whose
+    processes -- a session's sshd, a job in KillWait -- still run); a warning if it cannot."""
+    for _ in range(100):
+        if subprocess.run(["pgrep", "-u", user], capture_output=True, check=False).returncode != 0:
+            break
+        time.sleep(0.2)
+    removed = subprocess.run(["userdel", "--remove", user], check=False, capture_output=True, text=True)
+    if removed.returncode != 0:
+        print(f"warning: userdel {user}: {removed.stderr.strip()}", file=sys.stderr)
+
+
 # --- report -----------------------------------------------------------------------------------------------
 
 

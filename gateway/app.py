@@ -16,11 +16,16 @@ from litestar.types import Message, Scope
 
 from gateway.access_cache import ACCESS_CACHE
 from gateway.accounts.controller import AuthController, MeController, UserController
+from gateway.accounts.ssh_keys import SshKeyController
 from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
+from gateway.environments.controller import EnvironmentController, SessionCallbackController
+from gateway.environments.ports import Relay
+from gateway.environments.service import EnvironmentService
+from gateway.environments.tensorboard import TensorBoardController, close_proxy_client
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
@@ -36,6 +41,7 @@ LOGIN_PATH = "/api/v1/auth/tokens"
 CONTROLLERS = [
     AuthController,
     MeController,
+    SshKeyController,
     UserController,
     WorkspaceController,
     MemberController,
@@ -43,6 +49,9 @@ CONTROLLERS = [
     AuditController,
     WorkspaceAuditController,
     JobController,
+    EnvironmentController,
+    SessionCallbackController,
+    TensorBoardController,
     ClusterController,
 ]
 
@@ -64,6 +73,7 @@ def create_app(
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size, echo=settings.db_echo)
 
     jobs = JobService(db, slurm, settings)
+    environments = EnvironmentService(db, settings, jobs)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -73,13 +83,21 @@ def create_app(
         recovery = (
             asyncio.create_task(recover_at_startup(poller, settings.poll_interval_seconds)) if owns_slurm else None
         )
+        # the environments' port mappings listen here (a served gateway; tests given a Slurm client run their own)
+        relay = Relay(db, settings) if settings.relay_enabled and owns_slurm else None
+        if relay is not None:
+            await relay.start()
+            environments.mapped.append(relay.reconcile)
         try:
             yield
         finally:
+            if relay is not None:
+                await relay.stop()
             if recovery is not None:
                 recovery.cancel()
                 with suppress(asyncio.CancelledError):
                     await recovery
+            await close_proxy_client(app.state)
             if owns_slurm:
                 await slurm.close()
             if owns_database:
@@ -99,7 +117,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[login_throttle.middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "database": db, "jobs": jobs}),
+        state=State({"settings": settings, "database": db, "jobs": jobs, "environments": environments}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=openapi_config(),

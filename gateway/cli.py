@@ -12,26 +12,48 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
-from gateway.actor import Actor
 from gateway.client.api import ApiError, ClientError, GatewayClient, remove_credentials, save_credentials
-from gateway.config import Settings, SettingsError, load_settings
-from gateway.db.session import Database
-from gateway.errors import GatewayError
 from slurm.records import JobState
+
+if TYPE_CHECKING:  # the server side (settings, database, Litestar) is imported by the commands that use it:
+    # a researcher's `remotegpu submit` on a login node starts in a fraction of the time
+    from gateway.config import Settings
+    from gateway.db.session import Database
 
 T = TypeVar("T")
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
+    """The server's settings (``--config`` file, REMOTEGPU_* variables), read the first time a command needs them."""
+    from gateway.config import SettingsError, load_settings
+
+    root = ctx.find_root()
+    if not isinstance(root.obj, _Config):
+        raise click.ClickException("internal: no configuration context")
+    if root.obj.settings is None:
+        try:
+            root.obj.settings = load_settings(root.obj.file)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from exc
+    return root.obj.settings
+
+
+class _Config:
+    """What ``main`` leaves for the commands: the settings file named, and the settings once read."""
+
+    def __init__(self, file: str | None) -> None:
+        self.file = file
+        self.settings: Settings | None = None
 
 
 def _run_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    from gateway.db.session import Database
+    from gateway.errors import GatewayError
+
     async def run() -> T:
         database = Database(settings.database_url)
         try:
@@ -69,10 +91,7 @@ class _Main(click.Group):
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None) -> None:
     """RemoteGPU Gateway: a GPU platform on top of a Slurm cluster."""
-    try:
-        ctx.obj = load_settings(config_file)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    ctx.obj = _Config(config_file)
 
 
 @main.command()
@@ -82,6 +101,7 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bool) -> None:
     """Run the HTTP API (one process; put several behind a load balancer to scale out)."""
+    import msgspec
     import uvicorn
 
     from gateway.app import create_app
@@ -89,6 +109,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_migrate: bo
     from gateway.observability import configure_logging
 
     settings = _settings(ctx)
+    # the flags win over the settings everywhere, e.g. in the URL environments' supervisors call back to
+    settings = msgspec.structs.replace(
+        settings, host=host or settings.host, port=port if port is not None else settings.port
+    )
     configure_logging(settings.log_level, settings.log_format)
     if settings.auto_migrate and not no_migrate:
         migrate.upgrade(settings.database_url)
@@ -205,6 +229,7 @@ def create_user(
 
     from gateway.accounts.schemas import UserCreate
     from gateway.accounts.users import create_user as create
+    from gateway.actor import Actor
 
     password = None if no_password else _password_from_env_or_prompt()
     raw: dict[str, Any] = {
@@ -243,6 +268,7 @@ def token_create(ctx: click.Context, username: str, name: str, expires_in_days: 
     """Issue an API token for USERNAME and print it (operator command, acts on the database)."""
     from gateway.accounts.auth import issue_token
     from gateway.accounts.users import get_user
+    from gateway.actor import Actor
 
     settings = _settings(ctx)
 
@@ -918,6 +944,11 @@ def cluster_command(client: GatewayClient, as_json: bool) -> None:
         ([g["type"], g["free"], g["allocated"], g["total"]] for g in found.get("gpu_types") or []),
     )
 
+
+from gateway.client.env_commands import env_group, ssh_key_group  # noqa: E402 - they use the client, not this module
+
+main.add_command(env_group)
+main.add_command(ssh_key_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

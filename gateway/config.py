@@ -75,9 +75,37 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """How long one Slurm command (or slurmrestd request) may take; it also bounds how long recovery waits
     before it submits a job that a crashed gateway recorded but Slurm does not have."""
 
+    public_url: str | None = None
+    """The gateway's URL as the cluster's nodes (environment supervisors' callbacks) and users reach it, e.g.
+    ``https://gpu.example.org``; None: ``http://{host}:{port}``."""
+    ssh_host: str | None = None
+    """The host name users ``ssh -p PORT`` to (the gateway host's public name); None: the public URL's host."""
+    relay_host: str | None = None
+    """Where the port mappings listen on the gateway host; None: ``host``."""
+    port_range_start: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 30000
+    port_range_end: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 30999
+    """Public ports of the gateway host given to environments' services (SSH), both ends included."""
+    port_auto_release_hours: Annotated[int, msgspec.Meta(ge=1, le=8760)] = 48
+    """A mapped port that sees no traffic for this long is released (an environment may ask for it again)."""
+    relay_enabled: bool = True
+    """Whether ``remotegpu serve`` runs the TCP relays of the port mappings (one gateway process per host)."""
+    session_supervisor: str | None = None
+    """The job side of environments, ``remotegpu-session``, as the cluster's nodes run it: from a venv every
+    user can execute (made from ``/usr/bin/python3``); None: the one beside this gateway's Python."""
+    jupyterhub_url: str | None = None
+    """The JupyterHub in front of this gateway (``https://hub.example.org``): environments with JupyterLab
+    link to their named server there. None: no hub."""
+
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:
             raise ValueError("slurm_backend 'rest' needs slurmrestd_url")
+        if self.port_range_end < self.port_range_start:
+            raise ValueError("port_range_end is below port_range_start")
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the gateway is reached (``public_url``, else its own address), without a trailing slash."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def database_url_redacted(self) -> str:

@@ -26,6 +26,7 @@ from litestar.response import File
 
 from gateway import __version__
 from gateway.errors import PROBLEM_JSON, Problem
+from gateway.schemas import request_bodies
 
 SCHEMA_PATH = "/schema"
 ASSETS_PATH = f"{SCHEMA_PATH}/assets"
@@ -105,8 +106,10 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
         yield 403  # a role or platform admin required, a disabled account, an inactive workspace
     if "{" in path or secured:
         yield 404  # unknown resource; and anything in a workspace the caller is not a member of
-    if method in _WRITES or path.endswith("/logs"):
+    if method in _WRITES or path.endswith(("/logs", "/tensorboard")):
         yield 409  # the state does not allow it (duplicate name, last owner, a job that has ended, ...)
+    if path.endswith("/tensorboard"):
+        yield 502  # the environment's TensorBoard is not running or does not answer
     if any(p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key" for p in parameters):
         yield 422  # an Idempotency-Key reused with a different body
     if body:
@@ -129,15 +132,22 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_problem_components())
     structs = _structs()
+    bodies = request_bodies([cls for name, cls in structs.items() if name in schemas])
     for name, schema in schemas.items():
         cls = structs.get(name)
         if cls is None or schema.get("type") != "object":
             continue
+        if name in bodies:
+            schema.update({k: v for k, v in bodies[name].items() if k not in ("title", "description")})
+            if "description" in bodies[name]:
+                schema.setdefault("description", bodies[name]["description"])  # the struct's docstring
         if cls.__struct_config__.forbid_unknown_fields:
             schema["additionalProperties"] = False
         for field, bound in _zero_bounds(cls).items():
             if field in schema.get("properties", {}):
                 schema["properties"][field].update(bound)
+    for name, schema in bodies.items():
+        schemas.setdefault(name, schema)  # what they refer to (an enum), under msgspec's name for it
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "post", "put", "patch", "delete"}:
@@ -147,6 +157,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
                 del responses[code]  # Litestar's own error shape, which the gateway never sends
             for status in _error_statuses(path, method, operation):
                 responses[str(status)] = _problem_response(status)
+            if path.endswith("/jobs/{job_id}/logs") and "200" in responses:  # follow=true streams them as text
+                responses["200"].setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
             if path == "/readyz":
                 responses["503"] = {
                     "description": "The database does not answer",

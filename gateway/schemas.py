@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 from litestar.params import PathParameter, QueryParameter
@@ -95,6 +96,21 @@ def instant(field: str, value: str | None) -> datetime | None:
     except ValueError as exc:
         raise InvalidInput(f"not a date-time: {exc}", field=field) from None
     return parsed.astimezone(UTC)
+
+
+def request_bodies(structs: Iterable[type[msgspec.Struct]]) -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the request bodies among ``structs`` (those that refuse unknown fields) as msgspec, which
+    validates them, states them, and of what they refer to (an enum), by name.
+
+    The OpenAPI document takes these over Litestar's own translation, which drops what msgspec checks of dict
+    keys and values and of list items. A struct's ``json_schema_rules`` (what its fields must satisfy together,
+    which msgspec has no words for) are added to its schema.
+    """
+    bodies = [cls for cls in structs if cls.__struct_config__.forbid_unknown_fields]
+    _, components = msgspec.json.schema_components(bodies, ref_template="#/components/schemas/{name}")
+    for cls in bodies:
+        components[cls.__name__].update(getattr(cls, "json_schema_rules", {}))
+    return components
 
 
 MAX_PAGE_SIZE = 500

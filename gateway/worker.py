@@ -1,17 +1,22 @@
 """The background loops of ``remotegpu worker``: the job poller and the reconciliation of Slurm accounts.
 
-One cycle reconciles accounts, associations and GrpTRES with workspaces, members and quotas, then polls every job
-of the cluster with one ``squeue``. A failed cycle is logged and the next one starts from the database again.
+The jobs loop polls every job of the cluster with one ``squeue``, then releases the port mappings of sessions
+that ended and of those that saw no traffic for their ``auto_release_hours``; the accounts loop reconciles
+accounts, associations and GrpTRES with workspaces, members and quotas. A failed cycle is logged and the next one
+starts from the database again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from gateway.config import Settings
 from gateway.db.session import Database
+from gateway.environments.ports import release_idle_mappings
+from gateway.environments.service import release_ended_sessions
 from gateway.jobs.poller import Poller
 from gateway.jobs.service import JobService
 from gateway.slurm_client import make_slurm_client
@@ -22,32 +27,48 @@ log = structlog.get_logger("gateway.worker")
 
 
 async def run_worker(settings: Settings, database: Database, *, once: bool = False) -> None:
-    """Run cycles every ``poll_interval_seconds`` until cancelled (or one, raising its failure, with ``once``)."""
+    """Run until cancelled (or one cycle, raising its failure, with ``once``).
+
+    Two loops, each every ``poll_interval_seconds`` counted from the start of its last cycle: the jobs (poll,
+    then the port mappings of ended or idle sessions) and the Slurm accounts. Apart, so that the account sync's
+    slurmdbd round trips (a few hundred ms) never delay what users wait on: a job's or session's start.
+    """
     slurm = make_slurm_client(settings)
     poller = Poller(database, slurm, JobService(database, slurm, settings))  # it finishes what a crash left
     accounts = AccountSync(database, slurm)
     try:
-        while True:
-            try:
-                await cycle(poller, accounts)
-            except Exception:
-                if once:
-                    raise
-                # e.g. the database away for a moment: the next cycle starts from the database again
-                log.exception("worker_cycle_failed")
-            if once:
-                return
-            await asyncio.sleep(settings.poll_interval_seconds)
+        if once:
+            await cycle(poller, accounts, database)
+            return
+        await asyncio.gather(
+            _every(settings.poll_interval_seconds, "jobs", lambda: poll_jobs(poller, database)),
+            _every(settings.poll_interval_seconds, "accounts", lambda: sync_accounts(accounts)),
+        )
     finally:
         await slurm.close()
 
 
-async def cycle(poller: Poller, accounts: AccountSync) -> None:
-    """One reconciliation of Slurm accounts, then one poll of every job."""
+async def _every(interval: float, name: str, step: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await step()
+        except Exception:  # e.g. the database away for a moment: the next cycle starts from the database again
+            log.exception("worker_cycle_failed", loop=name)
+        await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+async def sync_accounts(accounts: AccountSync) -> None:
+    """One reconciliation of Slurm accounts, associations and GrpTRES with workspaces, members and quotas."""
     try:
         await accounts.reconcile()
     except SlurmError as exc:
         log.warning("account_sync_failed", error=exc.message)
+
+
+async def poll_jobs(poller: Poller, database: Database) -> None:
+    """One poll of every job (one squeue), then the port mappings of ended sessions and idle ones released."""
     result = await poller.poll_once()
     log.info(
         "poll",
@@ -56,3 +77,11 @@ async def cycle(poller: Poller, accounts: AccountSync) -> None:
         reachable=result.reachable,
         orphans_cancelled=result.orphans_cancelled,
     )
+    await release_ended_sessions(database)  # the ports of sessions Slurm has just seen end
+    await release_idle_mappings(database)  # logs each release
+
+
+async def cycle(poller: Poller, accounts: AccountSync, database: Database) -> None:
+    """One of each, in turn: the accounts, then the jobs (``remotegpu worker --once``)."""
+    await sync_accounts(accounts)
+    await poll_jobs(poller, database)

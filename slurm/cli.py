@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Literal
 
 from slurm import environment
-from slurm.client import Submission
+from slurm.client import Submission, until_kept
 from slurm.dialects import Dialect, for_version
 from slurm.dialects.parsable import ASSOCIATION_FIELDS
 from slurm.errors import JobNotFound, SlurmError, SlurmUnavailable, classify
@@ -189,10 +189,14 @@ class CliSlurmClient:
         for name, value in submission.options.items():
             argv.append(f"--{name}" if value is None else f"--{name}={value}")
         stdin = submission.script.encode()
-        if submission.environment is not None:
-            # sbatch runs in the submitter's environment, read from stdin by bash as the user (slurm.environment)
+        if submission.environment is not None or submission.secrets:
+            # sbatch runs in the submitter's environment, read from stdin by bash as the user (slurm.environment);
+            # secrets come the same way (never on a command line), over the minimal environment if none was sent
+            base = submission.environment
+            if base is None:
+                base = {**self._env(), **login_env(posix_user(submission.user, command="sbatch"))}
             forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
-            stdin = environment.block(submission.environment, forced) + stdin
+            stdin = environment.block(base, {**forced, **submission.secrets}) + stdin
             argv = ["/bin/bash", "-c", environment.READER, self._sbatch_path(), *argv[1:]]
         return argv, stdin, environment.submit_dir(submission.environment)
 
@@ -261,7 +265,13 @@ class CliSlurmClient:
         )
 
     async def ensure_association(self, user: str, account: str) -> None:
-        await self._sacctmgr("add", "user", user, f"Account={account}", tolerate=("Nothing new added",))
+        async def add() -> None:
+            await self._sacctmgr("add", "user", user, f"Account={account}", tolerate=("Nothing new added",))
+
+        async def kept() -> bool:
+            return any(a.user == user and a.partition is None for a in await self.associations(account))
+
+        await until_kept(add, kept, f"the association of {user!r} with {account!r}")
 
     async def set_account_limits(self, account: str, grp_tres: Mapping[str, int | None]) -> None:
         if grp_tres:

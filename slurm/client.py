@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 import msgspec
 
+from slurm.errors import SlurmError
 from slurm.records import AccountingRecord, Association, Job, Node, Partition
+
+KEEP_ATTEMPTS = 5
+
+
+async def until_kept(add: Callable[[], Awaitable[None]], kept: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Add, then look, until slurmdbd lists what was added.
+
+    slurmdbd 22.05 answers success to concurrent association adds and keeps only some of them (seen here: six
+    parallel ``sacctmgr add user``, all "Adding User(s)", two associations kept), whether they come through
+    sacctmgr or slurmrestd; the gateway's API and worker add associations concurrently."""
+    for attempt in range(KEEP_ATTEMPTS):
+        await add()
+        if await kept():
+            return
+        await asyncio.sleep(0.1 * 2**attempt)
+    raise SlurmError(f"slurmdbd did not keep {what} after {KEEP_ATTEMPTS} tries", command="slurmdbd")
 
 
 class Submission(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,6 +40,9 @@ class Submission(msgspec.Struct, frozen=True, kw_only=True):
     """e.g. ``{"comment": "rgpu:42", "partition": "gpu", "hold": None}`` (None: a flag)."""
     environment: Mapping[str, str] | None = None
     """The submitter's environment (:mod:`slurm.environment`), sbatch's own; None: the gateway's minimal one."""
+    secrets: Mapping[str, str] = msgspec.field(default_factory=dict)
+    """Variables given to the job whatever the environment (never filtered, never on a command line, never
+    recorded): e.g. an environment session's callback token."""
 
 
 class SlurmClient(Protocol):

@@ -55,7 +55,7 @@ import httpx
 import msgspec
 
 from slurm.cli import SBATCH_OPTIONS, CliSlurmClient, command_env, login_env, posix_user
-from slurm.client import Submission
+from slurm.client import Submission, until_kept
 from slurm.dialects import Dialect, for_version
 from slurm.directives import OPTIONS, DirectiveError, script_directives
 from slurm.environment import submitted
@@ -498,6 +498,7 @@ class RestSlurmClient:
         if submission.environment is not None:  # sbatch's environment is the submitter's (slurm.environment)
             forced = {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
             base = {**submitted(submission.environment), **forced}
+        base = {**base, **submission.secrets}
         environment = submit_environment(base, options.get("export"), self.submit_host, sbatch_job_env(options))
         body = {"script": submission.script, "job": job_description(options, environment)}
         reply = await self._send("POST", f"{_SLURM}/job/submit", user=submission.user, body=body)
@@ -586,17 +587,30 @@ class RestSlurmClient:
 
     async def ensure_association(self, user: str, account: str) -> None:
         """``user`` in ``account`` wherever the account is (as ``sacctmgr add user U Account=A``); idempotent."""
-        rows = [a for a in await self.associations(account) if a.partition is None]
-        clusters = sorted({a.cluster for a in rows if a.user is None})
-        if not clusters:
-            raise SlurmError(f"account {account!r} does not exist", command="slurmdbd")
-        missing = [c for c in clusters if not any(a.user == user and a.cluster == c for a in rows)]
-        if not missing:
+
+        async def missing() -> list[str]:
+            rows = [a for a in await self.associations(account) if a.partition is None]
+            clusters = sorted({a.cluster for a in rows if a.user is None})
+            if not clusters:
+                raise SlurmError(f"account {account!r} does not exist", command="slurmdbd")
+            return [c for c in clusters if not any(a.user == user and a.cluster == c for a in rows)]
+
+        absent = await missing()
+        if not absent:
             return
         if not await self._exists(f"{_SLURMDB}/user/{user}", "users"):
             await self._call("POST", f"{_SLURMDB}/users", body={"users": [{"name": user}]})
-        associations = [{"account": account, "cluster": cluster, "user": user} for cluster in missing]
-        await self._call("POST", f"{_SLURMDB}/associations", body={"associations": associations})
+
+        async def add() -> None:
+            associations = [{"account": account, "cluster": cluster, "user": user} for cluster in absent]
+            await self._call("POST", f"{_SLURMDB}/associations", body={"associations": associations})
+
+        async def kept() -> bool:
+            nonlocal absent
+            absent = await missing()
+            return not absent
+
+        await until_kept(add, kept, f"the association of {user!r} with {account!r}")
 
     async def set_account_limits(self, account: str, grp_tres: Mapping[str, int | None]) -> None:
         if not grp_tres:

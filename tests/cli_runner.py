@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.locks import held
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
+@functools.cache
 def user_venv() -> Path:
-    """The venv whose ``remotegpu`` a non-root user can run."""
+    """The venv whose ``remotegpu`` a non-root user can run (probed once per test session)."""
     candidates = [Path(p) for p in (os.environ.get("REMOTEGPU_CLI_VENV"), str(REPO / ".venv")) if p]
     tried = []
     for venv in candidates:
@@ -99,8 +102,10 @@ def operator_user() -> Iterator[tuple[str, str]]:
     if os.geteuid() != 0:
         pytest.fail("the CLI tests run as root (they create POSIX users to run the CLI as)")
     name = f"rgo{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    with held("passwd"):  # useradd refuses while another holds /etc/passwd's lock
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
     try:
         yield name, pwd.getpwnam(name).pw_dir
     finally:
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        with held("passwd"):
+            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)

@@ -27,9 +27,23 @@ from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.models import Base
 from gateway.db.session import Database
+from tests.locks import held
 
 PG_ADMIN_URL = os.environ.get("REMOTEGPU_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(autouse=True)
+def _cluster_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests that stop or restart a daemon of the shared Slurm cluster (marked ``serial``) run alone, even with
+    several pytest-xdist workers: they hold the cluster's lock exclusively; every other test of the cluster holds
+    it shared for its length."""
+    serial = request.node.get_closest_marker("serial") is not None
+    if not serial and "slurm_cluster" not in request.fixturenames:
+        yield
+        return
+    with held("cluster", shared=not serial):
+        yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -111,6 +125,13 @@ def asgi_client(app: Litestar) -> httpx.AsyncClient:
 async def client(settings: Settings, clean_database: Database) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(create_app(settings, database=clean_database)) as c:
         yield c
+
+
+@pytest.fixture
+def gateway_env() -> dict[str, str]:
+    """Extra environment of the ``gateway`` fixture's ``remotegpu serve``: none; a folder's conftest overrides it
+    (tests/integration/hub: the hub's URL). Here, so every folder that imports ``gateway`` finds it."""
+    return {}
 
 
 UserFactory = Callable[..., Awaitable[dict[str, str]]]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Enum, ForeignKey, Index, String, text
+from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.access_cache import watch_for_access
-from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
+from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin, utcnow
 
 
 class UserType(enum.StrEnum):
@@ -82,3 +82,22 @@ class ApiToken(TimestampMixin, Base):
 
 
 watch_for_access(User, ApiToken)  # a disabled user or a revoked token must not outlive its commit
+
+
+class SshKey(Base):
+    """A public key of a user's: sshd in their environments accepts exactly these."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (UniqueConstraint("user_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    key_type: Mapped[str] = mapped_column(String(64))
+    """OpenSSH's name: ``ssh-ed25519``, ``ssh-rsa``, ``ecdsa-sha2-nistp256``, ``sk-ssh-ed25519@openssh.com``..."""
+    bits: Mapped[int] = mapped_column()
+    public_key: Mapped[str] = mapped_column(Text)
+    """``type base64`` as authorized_keys takes it (no options; the comment is kept in ``name``)."""
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """``SHA256:...`` as ``ssh-keygen -lf`` prints it."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,10 +1,26 @@
 """Imports every domain's models so ``Base.metadata`` is complete (Alembic, tests)."""
 
-from gateway.accounts.models import ApiToken, User
+from gateway.accounts.models import ApiToken, SshKey, User
 from gateway.audit.models import AuditEntry
 from gateway.cluster.models import ClusterSnapshot
 from gateway.db.base import Base
+from gateway.environments.models import Environment, EnvironmentEvent, EnvironmentSession, PortMapping
 from gateway.jobs.models import TrainingJob
 from gateway.workspaces.models import Member, Quota, Workspace
 
-__all__ = ["ApiToken", "AuditEntry", "Base", "ClusterSnapshot", "Member", "Quota", "TrainingJob", "User", "Workspace"]
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "ClusterSnapshot",
+    "Environment",
+    "EnvironmentEvent",
+    "EnvironmentSession",
+    "Member",
+    "PortMapping",
+    "Quota",
+    "SshKey",
+    "TrainingJob",
+    "User",
+    "Workspace",
+]

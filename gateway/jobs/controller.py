@@ -42,7 +42,11 @@ class JobController(Controller):
     security = BEARER
     dependencies = {**WORKSPACE_DEPENDENCIES, "jobs": Provide(provide_jobs, sync_to_thread=False)}
 
-    @post("/", opt={CACHED_ACCESS: True})  # sbatch checks the account and association again
+    @post(
+        "/",
+        opt={CACHED_ACCESS: True},  # sbatch checks the account and association again
+        responses={200: ResponseSpec(JobOut, description="A retry with the same Idempotency-Key: the job it made")},
+    )
     async def submit(
         self,
         access: Access,
@@ -170,7 +174,7 @@ class JobController(Controller):
 
         return Stream(
             follow_log(source.path, source.uid, lines, finished, opened=opened),
-            media_type="text/plain; charset=utf-8",
+            media_type="text/plain",  # (Litestar adds the charset)
             headers={"X-Log-Path": quote(source.path), "Cache-Control": "no-store"},
         )
 

@@ -12,6 +12,8 @@ from gateway.db.base import Base, TimestampMixin, utcnow
 SUBMITTING = "SUBMITTING"
 """Recorded, sbatch not (known to be) done yet: the state a crash can leave behind; the poller settles it."""
 SUBMIT_FAILED = "SUBMIT_FAILED"
+TRAINING = "training"
+ENVIRONMENT = "environment"
 
 
 def new_job_id() -> str:
@@ -31,6 +33,8 @@ class TrainingJob(TimestampMixin, Base):
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default=TRAINING, server_default=TRAINING)
+    """What the Slurm job is for: ``training`` (the jobs API) or ``environment`` (a session of one)."""
     state: Mapped[str] = mapped_column(String(32), default=SUBMITTING, index=True)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     state_unknown: Mapped[bool] = mapped_column(default=False)
@@ -87,3 +91,5 @@ class GatewayInstance(Base):
     """Always 1: a second row cannot be added."""
     id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    secret: Mapped[str | None] = mapped_column(String(64), default=None)
+    """Key of the environment sessions' callback tokens (HMAC), made on first use."""

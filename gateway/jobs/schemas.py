@@ -1,29 +1,124 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from gateway.jobs.models import TrainingJob
+from gateway.schemas import whole
+from slurm import script as sbatch
 from slurm.script import JobSpec, MailType
+
+
+def _body(pattern: re.Pattern[str]) -> str:
+    return pattern.pattern.removeprefix("^").removesuffix("$")
+
+
+def _allow_list(pattern: re.Pattern[str]) -> str:
+    """One of slurm.script's allow-lists (``^...$``, applied with ``fullmatch``) as the document states it."""
+    return whole(_body(pattern))
+
+
+def _checked(pattern: str | None = None, **schema: Any) -> msgspec.Meta:
+    """Rules :func:`slurm.script.validate` applies to a field (with a hint naming the syntax), stated in the
+    document (``pattern``, ``minItems``...): published here, checked once, where the clear message is."""
+    return msgspec.Meta(extra_json_schema={**schema, **({"pattern": pattern} if pattern is not None else {})})
+
+
+NO_NUL = r"^[^\x00]*$"
+_COMPONENT = r"/(?!\.\.?(?:/|$))"
+PATH = whole(rf"(?:{_COMPONENT}[^/\x00-\x1f\x7f]+)+/?")
+"""What :func:`slurm.script.check_path` takes: absolute, normalised (no ``.``, ``..`` or empty component, at
+most one trailing ``/``), no control characters."""
+WORK_DIR = whole(rf"(?:{_COMPONENT}[A-Za-z0-9_.+-]+)+/?|")
+"""A path that can go on an ``#SBATCH --chdir`` line; empty: the home directory, as when it is left out."""
+OUTPUT = whole(r"(?!(?:.*/)?\.\.(?:/|$))[A-Za-z0-9_./%+?:@=,~-]{1,4096}")
+ENV_NAME = whole(
+    r"(?!SLURM_|SLURMD_|GEMINI_|REMOTEGPU_)(?!(?:MASTER_ADDR|MASTER_PORT|NNODES|NPROC_PER_NODE|NODE_RANK)$)"
+    r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+)
+"""A variable the script may set: a shell name, not one Slurm or the gateway sets."""
+ENVIRONMENT_NAME = whole(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+_EXPORT_ITEM = r"[A-Za-z_][A-Za-z0-9_]{0,255}(?:=[^,\x00\n]*)?"
+_ALL, _NONE = "[Aa][Ll][Ll]", "[Nn][Oo][Nn][Ee]"
+EXPORT = whole(rf"(?!{_NONE},)(?:{_ALL}|{_NONE}|(?:{_ALL},)?{_EXPORT_ITEM}(?:,{_EXPORT_ITEM})*)")
+"""sbatch's ``--export`` (``ALL`` and ``NONE`` in any case), without variables after ``NONE``."""
+GRES = whole(rf"(?!gpu(?::|$))(?:{_body(sbatch._GRES)})")
+"""A generic resource other than GPUs (those have fields of their own)."""
+_DEP_ID = r"(?:\d+|[0-9a-f]{32})"
+_DEP_ITEM = (
+    rf"(?:singleton|(?:after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(?::{_DEP_ID}(?:_\d+)?(?:\+\d+)?)+)"
+)
+DEPENDENCY = whole(rf"{_DEP_ITEM}(?:[,?]{_DEP_ITEM})*")
+"""sbatch's ``--dependency``, on Slurm job ids or the gateway's (of this workspace's jobs)."""
+
+
+def _unset(*fields: str) -> dict[str, Any]:
+    """Each field absent or null."""
+    return {"properties": {field: {"type": "null"} for field in fields}}
+
+
+_MEMORY = ("mem_mib", "mem_per_cpu_mib", "mem_per_gpu_mib")
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Short = Annotated[str, msgspec.Meta(max_length=256)]
-Argv = Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=1024)]
+Arg = Annotated[str, msgspec.Meta(max_length=65536), _checked(NO_NUL)]
+Argv = Annotated[list[Arg], msgspec.Meta(max_length=1024)]
+Path = Annotated[str, msgspec.Meta(max_length=4096), _checked(PATH)]
+Mounts = Annotated[list[Path], _checked(maxItems=sbatch.MAX_MOUNTS)]
+SIMPLE = _checked(_allow_list(sbatch._SIMPLE))
+GpuType = Annotated[str, msgspec.Meta(max_length=32), _checked(_allow_list(sbatch._GPU_TYPE))]
+Partition = Annotated[str, msgspec.Meta(max_length=2048), _checked(_allow_list(sbatch._PARTITIONS))]
+Image = Annotated[str, msgspec.Meta(max_length=256), _checked(_allow_list(sbatch._IMAGE))]
+EnvVars = Annotated[
+    dict[Annotated[str, _checked(ENV_NAME)], Annotated[Text, _checked(NO_NUL)]], msgspec.Meta(max_length=256)
+]
+"""Variables a job's script sets (and an environment's sessions have)."""
+"""1-64 letters, digits, '_', '.', '+' or '-' (a QOS, reservation or WCKey)."""
 
 
 class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A training job. Give ``command`` (argv) or ``script`` (a bash script body)."""
+    """A training job. Give ``command`` (argv) or ``script`` (a bash script body); ``gpus_per_task`` only with
+    ``gpus``, ``ntasks`` or ``ntasks_per_node``."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    command: Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=1024)] | None = (
-        None
-    )
-    script: Annotated[str, msgspec.Meta(max_length=1024 * 1024)] | None = None
+    json_schema_rules: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {
+                "required": ["command"],
+                "properties": {
+                    "command": {"type": "array"},
+                    "script": {"type": "null"},
+                    "script_args": {"maxItems": 0},
+                },
+            },
+            {
+                "required": ["script"],
+                "properties": {"script": {"type": "string"}, "command": {"type": "null"}, "launch": {"const": "none"}},
+            },
+        ],
+        "allOf": [
+            {
+                "anyOf": [
+                    {"required": ["launch"], "properties": {"launch": {"const": "torchrun"}}},
+                    _unset("nproc_per_node"),
+                ]
+            },
+            {"anyOf": [_unset(*(m for m in _MEMORY if m != given)) for given in _MEMORY]},
+        ],
+    }
+    """What slurm.script.validate refuses across fields, as the document states it: exactly one of ``command``
+    and ``script`` (``script_args`` only with a script, torchrun only with a command), ``nproc_per_node`` only
+    with torchrun, at most one of the memory sizes. (``gpus_per_task`` needs ``gpus`` or a task count too, as
+    the description says: with that rule as well, schemathesis's generator outgrows its limit on intersections.)"""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64), _checked(_allow_list(sbatch._NAME))]
+    command: Annotated[Argv, _checked(minItems=1)] | None = None
+    script: Annotated[str, msgspec.Meta(max_length=1024 * 1024), _checked(NO_NUL)] | None = None
     script_args: Argv = msgspec.field(default_factory=list)
     nodes: Count | None = None
     """None: one node, as sbatch without -N."""
@@ -38,7 +133,7 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gpus_per_node_option: Literal["gres", "gpus-per-node"] = "gres"
     """How the GPUs per node are asked of sbatch: ``--gres=gpu[:type]:N`` or ``--gpus-per-node=[type:]N`` (the
     same job, but sbatch tells the job ``SLURM_GPUS_PER_NODE`` only for the second)."""
-    gpu_type: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    gpu_type: GpuType | None = None
     """The type of each GPU form given; None: any."""
     gpus: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     """Per job (``-G/--gpus``)."""
@@ -46,61 +141,69 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpus_per_gpu: Count | None = None
     mem_per_gpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     ntasks_per_gpu: Count | None = None
-    gpu_bind: Short | None = None
-    gres: Annotated[list[Short], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
+    gpu_bind: Annotated[Short, _checked(_allow_list(sbatch._GPU_BIND))] | None = None
+    gres: Annotated[list[Annotated[Short, _checked(GRES)]], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
     """Generic resources other than GPUs (``name[:type][:count]``)."""
     cpus_per_task: Count | None = None
     mem_mib: Annotated[int, msgspec.Meta(ge=0, le=2**31)] | None = None
     """``--mem``; 0: all of each node's memory (``--mem=0``)."""
     mem_per_cpu_mib: Annotated[int, msgspec.Meta(ge=1, le=2**31)] | None = None
     time_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
-    partition: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    partition: Partition | None = None
     """One partition, or several comma-separated (``-p gpu,debug``)."""
-    qos: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    env: Annotated[dict[str, Text], msgspec.Meta(max_length=256)] = msgspec.field(default_factory=dict)
+    qos: Annotated[str, msgspec.Meta(max_length=64), SIMPLE] | None = None
+    env: EnvVars = msgspec.field(default_factory=dict)
     """Variables the script sets for the program, whatever ``export`` says."""
-    environment: Annotated[dict[str, str], msgspec.Meta(max_length=4096)] | None = None
+    environment: (
+        Annotated[
+            dict[Annotated[str, _checked(ENVIRONMENT_NAME)], Annotated[str, _checked(NO_NUL)]],
+            msgspec.Meta(max_length=4096),
+        ]
+        | None
+    ) = None
     """The environment sbatch is run in, as if the user ran it (``remotegpu submit`` sends theirs); sbatch's
     ``--export=ALL`` gives it to the job. What never crosses is dropped (see the README). None: a minimal one."""
-    export: Annotated[str, msgspec.Meta(max_length=65536)] | None = None
+    export: Annotated[str, msgspec.Meta(max_length=65536), _checked(EXPORT)] | None = None
     """sbatch's ``--export``: ``ALL`` (default), ``NONE``, or ``[ALL,]NAME[=value],...``."""
-    datasets: list[Text] = msgspec.field(default_factory=list)
-    models: list[Text] = msgspec.field(default_factory=list)
-    code_dir: Text | None = None
-    output_dir: Text | None = None
-    work_dir: Text | None = None
+    datasets: Mounts = msgspec.field(default_factory=list)
+    models: Mounts = msgspec.field(default_factory=list)
+    code_dir: Path | None = None
+    output_dir: Path | None = None
+    work_dir: Annotated[Text, _checked(WORK_DIR)] | None = None
     """Absolute; default: the user's home directory on the cluster."""
-    stdout: Text | None = None
-    stderr: Text | None = None
-    array: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    dependency: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    stdout: Annotated[Text, _checked(OUTPUT)] | None = None
+    stderr: Annotated[Text, _checked(OUTPUT)] | None = None
+    array: Annotated[str, msgspec.Meta(max_length=256), _checked(_allow_list(sbatch._ARRAY))] | None = None
+    dependency: Annotated[str, msgspec.Meta(max_length=1024), _checked(DEPENDENCY)] | None = None
     hold: bool = False
-    image: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    image: Image | None = None
     launch: Literal["none", "torchrun"] = "none"
     nproc_per_node: Count | None = None
     master_port: Annotated[int, msgspec.Meta(ge=1024, le=65535)] = 29500
-    comment: Short | None = None
+    comment: Annotated[Short, _checked(_allow_list(sbatch._COMMENT))] | None = None
     """The user's ``--comment`` (the Slurm job's comment starts with the gateway's id, then this)."""
     mail_type: Annotated[list[MailType], msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
-    mail_user: Short | None = None
+    mail_user: Annotated[Short, _checked(_allow_list(sbatch._MAIL_USER))] | None = None
     exclusive: Literal["node", "user", "mcs"] | None = None
-    constraint: Text | None = None
-    signal: Short | None = None
+    constraint: Annotated[Text, _checked(_allow_list(sbatch._CONSTRAINT))] | None = None
+    signal: Annotated[Short, _checked(_allow_list(sbatch._SIGNAL))] | None = None
     requeue: bool | None = None
     """``--requeue`` (true) / ``--no-requeue`` (false); null: the cluster's default."""
     open_mode: Literal["append", "truncate"] | None = None
-    nodelist: Text | None = None
-    exclude: Text | None = None
-    begin: Short | None = None
-    deadline: Short | None = None
+    nodelist: Annotated[Text, _checked(_allow_list(sbatch._HOSTS))] | None = None
+    exclude: Annotated[Text, _checked(_allow_list(sbatch._HOSTS))] | None = None
+    begin: Annotated[Short, _checked(_allow_list(sbatch._TIME_SPEC))] | None = None
+    deadline: Annotated[Short, _checked(_allow_list(sbatch._TIME_SPEC))] | None = None
     time_min_minutes: Annotated[int, msgspec.Meta(ge=1, le=525_600)] | None = None
-    reservation: Short | None = None
+    reservation: Annotated[Short, SIMPLE] | None = None
     nice: Annotated[int, msgspec.Meta(ge=-2147483645, le=2147483645)] | None = None
-    wckey: Short | None = None
-    distribution: Short | None = None
-    licenses: Text | None = None
+    wckey: Annotated[Short, SIMPLE] | None = None
+    distribution: Annotated[Short, _checked(_allow_list(sbatch._DISTRIBUTION))] | None = None
+    licenses: Annotated[Text, _checked(_allow_list(sbatch._LICENSES))] | None = None
     kill_on_invalid_dep: bool | None = None
-    get_user_env: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    get_user_env: Annotated[str, msgspec.Meta(max_length=16), _checked(_allow_list(sbatch._GET_USER_ENV))] | None = None
     """``--get-user-env[=timeout][mode]``: ``""`` for the option alone, else its value (``60L``); null: not given."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import pwd
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache, partial
 from types import SimpleNamespace
@@ -36,7 +36,7 @@ from gateway.db.session import Database
 from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.jobs import events, statements
 from gateway.jobs.events import StateChange
-from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, JobEvent, TrainingJob, new_job_id
+from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING, TRAINING, JobEvent, TrainingJob, new_job_id
 from gateway.jobs.origin import instance_id, parse_comment, slurm_comment
 from gateway.jobs.quota import check_quota
 from gateway.jobs.schemas import LISTED, JobCreate, ListedJob, job_spec, stored_spec
@@ -94,6 +94,10 @@ class RequestInProgress(GatewayError):
     headers = {"Retry-After": "2"}
 
 
+Secrets = Callable[[str], Awaitable[Mapping[str, str]]]
+"""The variables only the Slurm job of a gateway job id may have (slurm.client.Submission.secrets), made anew
+for each sbatch of it: e.g. an environment session's callback token."""
+
 LEASE_MARGIN = timedelta(seconds=5)
 """Added to the Slurm backend's timeout: how long after an sbatch began no part of it can still be running."""
 
@@ -128,6 +132,12 @@ class JobService:
         """Whether the submission's writes are one statement each (gateway.jobs.statements)."""
         self.lease = timedelta(seconds=settings.slurm_timeout_seconds) + LEASE_MARGIN
         """After this long, an sbatch that began is over (done, failed or killed by the backend's timeout)."""
+        self.secrets: dict[str, Secrets] = {}
+        """By job kind: what gives each sbatch of a job of that kind its secrets (registered by the domain)."""
+
+    async def _secrets(self, kind: str, job_id: str) -> Mapping[str, str]:
+        make = self.secrets.get(kind)
+        return await make(job_id) if make is not None else {}
 
     async def _instance(self) -> str:
         if self._instance_id is None:
@@ -179,7 +189,8 @@ class JobService:
         if actor.user_id is None or actor.posix_name is None:
             raise Forbidden("jobs are submitted by users with a POSIX account")
         check_quota(ws.quota, data)
-        work_dir = data.work_dir or _posix_account(actor.posix_name).pw_dir
+        account = _posix_account(actor.posix_name)  # a 409 where the host has none, given work_dir or not
+        work_dir = data.work_dir or account.pw_dir
         if data.dependency is not None:
             data = msgspec.structs.replace(data, dependency=await self._slurm_dependency(ws.id, data.dependency))
         try:
@@ -210,20 +221,28 @@ class JobService:
             raise SlurmDown("Slurm did not answer") from exc
 
     async def submit(
-        self, access: WorkspaceAccess, data: JobCreate, idempotency_key: str | None
+        self,
+        access: WorkspaceAccess,
+        data: JobCreate,
+        idempotency_key: str | None,
+        *,
+        kind: str = TRAINING,
+        job_id: str | None = None,
     ) -> tuple[JobView, bool]:
         """Submit as the caller. Returns the job and whether it was created now (False: an idempotent retry).
 
         Two short write transactions around sbatch, each one unit of work in a thread (Database.run): this is
-        the hot path of submission throughput.
+        the hot path of submission throughput. ``kind`` and ``job_id``: for the domains whose Slurm jobs these
+        are too (an environment's session names its job before it is made).
         """
         ws, actor = access.workspace, access.actor
         data, posix_name, spec, script, work_dir = await self._prepare(access, data)
         stdout = spec.stdout or ("slurm-%A_%a.out" if spec.array else "slurm-%j.out")  # sbatch's default
         now = utcnow()
         row = {
-            "id": new_job_id(),
+            "id": job_id or new_job_id(),
             "workspace_id": ws.id,
+            "kind": kind,
             "user_id": actor.user_id,
             "name": spec.name,
             "state": SUBMITTING,
@@ -266,7 +285,7 @@ class JobService:
         if existing is not None:
             return _replayed(existing, row["request_hash"]), False
         job = SimpleNamespace(**row)  # the response's view; an ORM object costs a tenth of the request
-        submission = _submission(instance, job, posix_name, ws.slurm_account)
+        submission = _submission(instance, job, posix_name, ws.slurm_account, await self._secrets(kind, job.id))
         try:
             slurm_id = await self._sbatch(submission)
         except SubmitRejected as exc:
@@ -302,7 +321,8 @@ class JobService:
                 await self._set(job, state=SUBMIT_FAILED, reason=f"not submitted after a restart: {why}")
                 continue
             try:
-                slurm_id = await self._sbatch(_submission(instance, job, posix_name, account))
+                secrets = await self._secrets(job.kind, job.id)
+                slurm_id = await self._sbatch(_submission(instance, job, posix_name, account, secrets))
             except SubmitRejected as exc:
                 await self._set(job, state=SUBMIT_FAILED, reason=exc.message)
                 continue
@@ -332,7 +352,9 @@ class JobService:
         """A job of this workspace the caller may see: members see their own, admins and owners all."""
         access.require(Role.MEMBER)
         job = await session.scalar(
-            select(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.workspace_id == access.workspace.id)
+            select(TrainingJob).where(
+                TrainingJob.id == job_id, TrainingJob.workspace_id == access.workspace.id, TrainingJob.kind == TRAINING
+            )
         )
         if job is None or not _may_see(access, job):
             raise NotFound(f"job {job_id!r} not found")
@@ -376,7 +398,7 @@ class JobService:
             "limit": page.limit,
             "offset": page.offset,
         }
-        return await self.database.run(partial(_list_page, statements, values, page), write=False)
+        return await _list_page(self.database, statements, values, page)
 
     async def history(self, session: AsyncSession, access: WorkspaceAccess, job_id: str) -> Sequence[JobEvent]:
         """The job's state changes, oldest first (same visibility as the job)."""
@@ -433,7 +455,7 @@ class JobService:
         """
         job = await self.get(session, access, job_id)
         if job.slurm_job_id is not None and job.state not in FINAL_STATES:
-            await self._refresh(session, job)  # the poller may not have seen it end yet (scancel would not say)
+            await self.refresh(session, job)  # the poller may not have seen it end yet (scancel would not say)
         if job.state in FINAL_STATES:
             await session.commit()  # what was just learnt of it
             raise Conflict(f"job {job_id} has already ended ({job.state}): it cannot be {action}ed", field="state")
@@ -463,11 +485,11 @@ class JobService:
         record(
             session, access.actor, f"job.{action}", target_type="job", target=job.id, workspace_id=access.workspace.id
         )
-        await self._refresh(session, job)
+        await self.refresh(session, job)
         await session.commit()
         return job
 
-    async def _refresh(self, session: AsyncSession, job: TrainingJob) -> None:
+    async def refresh(self, session: AsyncSession, job: TrainingJob) -> None:
         """The job's state and reason as the controller has them now (one call for this job); its change of
         state as an event. Not asked, or not answered: the poller's next cycle brings it."""
         assert job.slurm_job_id is not None
@@ -499,7 +521,9 @@ def _names_job(comment: str, job_id: str) -> bool:
     return origin is None or origin.job_id == job_id
 
 
-def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: str) -> Submission:
+def _submission(
+    instance: str, job: SimpleNamespace, posix_name: str, account: str, secrets: Mapping[str, str] | None = None
+) -> Submission:
     """The one way a recorded job goes to sbatch (first try or recovery): its script carries every option."""
     options: dict[str, str | None] = {"comment": slurm_comment(instance, job.id, job.spec.get("comment"))}
     if job.spec.get("export") is not None:  # on sbatch's command line: values may hold what a directive cannot
@@ -511,6 +535,7 @@ def _submission(instance: str, job: SimpleNamespace, posix_name: str, account: s
         work_dir=job.work_dir,
         options=options,
         environment=job.spec.get("environment"),
+        secrets=secrets or {},
     )
 
 
@@ -552,6 +577,7 @@ def _claim(
         select(
             JOBS.c.id,
             JOBS.c.workspace_id,
+            JOBS.c.kind,
             JOBS.c.state,
             JOBS.c.script,
             JOBS.c.work_dir,
@@ -567,6 +593,7 @@ def _claim(
     job = SimpleNamespace(
         id=row.id,
         workspace_id=row.workspace_id,
+        kind=row.kind,
         state=row.state,
         script=row.script,
         work_dir=row.work_dir,
@@ -627,7 +654,7 @@ def _list_statements(
 
     The page carries the (bounded) count in every row, a subquery the database runs once: one round trip.
     """
-    where = [JOBS.c.workspace_id == bindparam("ws")]
+    where = [JOBS.c.workspace_id == bindparam("ws"), JOBS.c.kind == TRAINING]
     if own_only:
         where.append(JOBS.c.user_id == bindparam("me"))
     if state:
@@ -650,17 +677,18 @@ def _list_statements(
     return page, count
 
 
-def _list_page(
-    statements: tuple[AnySelect, AnySelect], values: dict[str, Any], page: Pagination, session: Session
+async def _list_page(
+    database: Database, statements: tuple[AnySelect, AnySelect], values: dict[str, Any], page: Pagination
 ) -> tuple[list[ListedJob], int | None]:
-    """Unit of work: one page of jobs (rows of columns, not ORM objects), and how many match in all."""
+    """One page of jobs (rows of columns, not ORM objects: Database.rows), and how many match in all."""
     page_query, count = statements
-    core = session.connection()  # Core rows: the ORM's result loading would cost more than the query
-    found = core.execute(page_query, values).all()
+    found = await database.rows(page_query, values)
     rows = [ListedJob(*row[:-1]) for row in found]  # all but the total
     if found:
-        return rows, bounded(found[0].total)
-    return rows, 0 if page.offset == 0 else bounded(core.scalar(count, values))  # past the end: count alone
+        return rows, bounded(found[0][-1])
+    if page.offset == 0:
+        return rows, 0
+    return rows, bounded((await database.rows(count, values))[0][0])  # past the end: the count alone
 
 
 _INSERT_JOB = insert(JOBS)

@@ -48,6 +48,18 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+ensure_openssh() {
+    # OpenSSH's sshd and client: environments' sessions run their own unprivileged sshd (remotegpu-session); the
+    # package's system daemon is not started (a policy-rc.d for the length of the install: nothing on port 22).
+    dpkg -s openssh-server >/dev/null 2>&1 && dpkg -s openssh-client >/dev/null 2>&1 && return 0
+    local policy=/usr/sbin/policy-rc.d placed=""
+    if [ ! -e "$policy" ]; then
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy" && placed=1
+    fi
+    apt_install openssh-server openssh-client
+    [ -z "$placed" ] || as_root rm -f "$policy"
+}
+
 usable_by_all() {
     # usable_by_all PYTHON: an unprivileged user can run this interpreter, through this path (every CLI user runs
     # the venv's; a Python under /root, e.g. pyenv's, or a venv in a private directory gives "permission denied").
@@ -110,6 +122,33 @@ ensure_venv() {
     chmod -R a+rX "$VENV"
 }
 
+# configurable-http-proxy (npm), the hub's proxy, kept in the checkout (var/node); never fetched at run time.
+# 5.1.0: the newest 5.x that runs on Debian 12's Node 18 (5.2 and later want Node >= 20).
+CHP_VERSION="${REMOTEGPU_CHP_VERSION:-5.1.0}"
+CHP_PREFIX="$REPO_ROOT/var/node"
+CHP="$CHP_PREFIX/node_modules/.bin/configurable-http-proxy"
+
+ensure_chp() {
+    # ensure_chp: $CHP runs and is $CHP_VERSION; Node and npm from Debian when the machine has none.
+    if [ -x "$CHP" ] && [ "$("$CHP" --version 2>/dev/null)" = "$CHP_VERSION" ]; then return 0; fi
+    command -v node >/dev/null || apt_install nodejs
+    command -v npm >/dev/null || apt_install npm
+    say "installing configurable-http-proxy $CHP_VERSION into $CHP_PREFIX"
+    mkdir -p "$CHP_PREFIX"
+    npm install --prefix "$CHP_PREFIX" --no-audit --no-fund --omit=dev --loglevel=error \
+        "configurable-http-proxy@$CHP_VERSION" >&2
+    [ "$("$CHP" --version 2>/dev/null)" = "$CHP_VERSION" ] || die "configurable-http-proxy $CHP_VERSION does not run: $CHP"
+}
+
+HUB_STATE="$DEV_STATE/hub"  # the dev hub's database, secrets and pid files (jupyterhub_config.py's state dir)
+
+hub_proxy_pid() {
+    # hub_proxy_pid: the pid of the proxy the dev hub started, while it runs (its pid file and command line agree)
+    local pid
+    pid="$(cat "$HUB_STATE/proxy.pid" 2>/dev/null)" && [ -n "$pid" ] && pid_running "$pid" &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q configurable-http-proxy && echo "$pid"
+}
+
 pid_running() {
     # pid_running PID: the process runs (a zombie does not count: PID 1 here may not reap it at once)
     local state
@@ -118,13 +157,13 @@ pid_running() {
 pid_alive() { [ -s "$1" ] && pid_running "$(cat "$1" 2>/dev/null)"; }  # pid_alive PIDFILE
 
 stop_pid() {
-    # stop_pid PIDFILE NAME: TERM, wait up to 10 s, then KILL; always by PID.
-    local pidfile="$1" name="$2" pid
+    # stop_pid PIDFILE NAME [SECONDS]: TERM, wait up to SECONDS (10), then KILL; always by PID.
+    local pidfile="$1" name="$2" wait="${3:-10}" pid
     if ! pid_alive "$pidfile"; then rm -f "$pidfile"; return 0; fi
     pid="$(cat "$pidfile")"
     say "stopping $name (pid $pid)"
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do pid_running "$pid" || break; sleep 0.2; done
+    for _ in $(seq $((wait * 5))); do pid_running "$pid" || break; sleep 0.2; done
     pid_running "$pid" && kill -9 "$pid" 2>/dev/null || true
     rm -f "$pidfile"
 }

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import random
 import socket
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from gateway.jobs.poller import Poller
 from slurm.cli import CliSlurmClient
 from slurm.client import SlurmClient
 from slurm.rest import RestSlurmClient
+from tests.cli_runner import user_venv
 from tests.conftest import UserFactory, asgi_client
+from tests.locks import held
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -58,7 +61,8 @@ class Cluster(msgspec.Struct, frozen=True):
 def slurm_cluster() -> Cluster:
     if os.geteuid() != 0:
         pytest.fail("the Slurm integration tests run as root (they start daemons and create POSIX users)")
-    out = subprocess.run([str(REPO / "deploy/dev/slurm/up")], capture_output=True, text=True, timeout=900)
+    with held("cluster-up"):  # one worker starts what is missing; the others find it running
+        out = subprocess.run([str(REPO / "deploy/dev/slurm/up")], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         pytest.fail(f"deploy/dev/slurm/up failed:\n{out.stderr[-3000:]}")
     env = {}
@@ -79,13 +83,15 @@ def posix_user(slurm_cluster: Cluster) -> Iterator[PosixUserFactory]:
 
     def make() -> str:
         name = f"rgt{uuid.uuid4().hex[:8]}"
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        with held("passwd"):  # useradd refuses while another holds /etc/passwd's lock
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
         created.append(name)
         return name
 
     yield make
     for name in created:
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        with held("passwd"):
+            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
 
 
 def home_of(user: str) -> str:
@@ -97,9 +103,18 @@ def slurm_account(slurm_cluster: Cluster) -> Iterator[str]:
     """A fresh Slurm account for one test, removed afterwards (with its associations)."""
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
+    env = {"PATH": os.environ["PATH"], "SLURM_CONF": slurm_cluster.conf}
+    # whatever the test left running under it (an environment's session, a fuzzer's jobs) ends with it
+    live = ["squeue", "-h", "-A", name, "-t", "PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED", "-o", "%i"]
+    if subprocess.run(live, env=env, capture_output=True, text=True, check=False).stdout.strip():
+        subprocess.run(["scancel", "--account", name], env=env, capture_output=True, check=False)
+        for _ in range(60):  # gone before the account goes (slurmdbd 22.05 trips over accounts of live jobs)
+            if not subprocess.run(live, env=env, capture_output=True, text=True, check=False).stdout.strip():
+                break
+            time.sleep(0.5)
     subprocess.run(
         ["sacctmgr", "-i", "remove", "account", name],
-        env={"PATH": os.environ["PATH"], "SLURM_CONF": slurm_cluster.conf},
+        env=env,
         capture_output=True,
         check=False,
     )
@@ -121,12 +136,39 @@ async def rest_client(slurm_cluster: Cluster, cli_client: CliSlurmClient) -> Asy
 REMOTEGPU = [sys.executable, "-m", "gateway.cli"]
 
 
-class Gateway(msgspec.Struct, frozen=True):
-    """A real ``remotegpu serve`` process on the cluster, and the environment its commands share."""
+class Gateway:
+    """A real ``remotegpu serve`` process (our child, stopped by PID) on the cluster, and the environment its
+    commands share. ``restart()`` keeps the port, the database and the settings."""
 
-    url: str
-    env: dict[str, str]
-    logs: Path
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Gateway:
+        with (self.logs / "serve.log").open("ab") as log:
+            self._server = subprocess.Popen(
+                [*REMOTEGPU, "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        for _ in range(150):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"remotegpu serve did not start: {(self.logs / 'serve.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.terminate()
+            server.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def command(
         self, *args: str, cwd: str | None = None, extra_env: dict[str, str] | None = None
@@ -166,6 +208,13 @@ class Gateway(msgspec.Struct, frozen=True):
             process.wait(10)
 
 
+def port_range_start() -> int:
+    """A block of 100 public ports for a gateway's environments, apart from other gateways': each pytest-xdist
+    worker has its own 30 blocks (32000-34999 for gw0, 35000-37999 for gw1, ...)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return 32000 + (worker % 10) * 3000 + random.randrange(0, 30) * 100
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -173,33 +222,26 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gateway(slurm_cluster: Cluster, make_database_url: Callable[[str], str], tmp_path: Path) -> Iterator[Gateway]:
+def gateway(
+    slurm_cluster: Cluster, make_database_url: Callable[[str], str], tmp_path: Path, gateway_env: dict[str, str]
+) -> Iterator[Gateway]:
     """``remotegpu serve`` on a fresh SQLite database, pointed at the cluster; stopped by PID afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")}
+    ports = port_range_start()  # its environments' public ports: apart from other gateways'
     env.update(
         REMOTEGPU_DATABASE_URL=make_database_url("sqlite"),
         REMOTEGPU_SLURM_CONF=slurm_cluster.conf,
+        REMOTEGPU_PORT_RANGE_START=str(ports),
+        REMOTEGPU_PORT_RANGE_END=str(ports + 99),
+        REMOTEGPU_SESSION_SUPERVISOR=str(user_venv() / "bin" / "remotegpu-session"),
         XDG_CONFIG_HOME=str(tmp_path / "config"),
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "serve.log").open("wb") as log:
-        server = subprocess.Popen(
-            [*REMOTEGPU, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    env.update(gateway_env)
+    gateway = Gateway(env, tmp_path).start()
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"remotegpu serve did not start: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-        yield Gateway(url=url, env=env, logs=tmp_path)
+        yield gateway
     finally:
-        server.terminate()
-        server.wait(10)
+        gateway.stop()
 
 
 # --- the jobs API in-process, for the tests that drive it --------------------------------------------------

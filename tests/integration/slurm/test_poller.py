@@ -51,6 +51,7 @@ def stop_controller(cluster: Cluster) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.serial  # stops slurmctld: alone, whatever runs beside it
 async def test_controller_down_and_back(
     slurm_cluster: Cluster,
     controller_stopper: None,

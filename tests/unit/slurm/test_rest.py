@@ -554,12 +554,18 @@ async def test_ensure_account_and_association_do_nothing_when_there() -> None:
 
 
 async def test_ensure_association_adds_the_user_first_where_slurm_does_not_know_them() -> None:
+    listed = [_association("ws1"), _association("ws1", "bob")]
+
+    def added(request: httpx.Request) -> httpx.Response:
+        listed.append(_association("ws1", "alice"))
+        return reply()
+
     restd = FakeRestd(
         {
-            ASSOCIATIONS: reply(associations=[_association("ws1"), _association("ws1", "bob")]),
+            ASSOCIATIONS: lambda _request: reply(associations=listed),
             ("GET", "/slurmdb/v0.0.38/user/alice"): reply(500, errors=[err("Nothing found", 9003)]),
             ("POST", "/slurmdb/v0.0.38/users"): reply(),
-            ("POST", "/slurmdb/v0.0.38/associations"): reply(),
+            ("POST", "/slurmdb/v0.0.38/associations"): added,
         }
     )
     async with client_for(restd) as client:
@@ -568,6 +574,30 @@ async def test_ensure_association_adds_the_user_first_where_slurm_does_not_know_
     assert restd.bodies("POST", "/slurmdb/v0.0.38/associations") == [
         {"associations": [{"account": "ws1", "cluster": "c1", "user": "alice"}]}
     ]
+
+
+async def test_an_association_slurmdbd_did_not_keep_is_added_again() -> None:
+    """slurmdbd 22.05 answers success to concurrent adds and keeps only some: the add is made until it is listed."""
+    listed = [_association("ws1")]
+    posts = 0
+
+    def added(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        posts += 1
+        if posts == 2:  # the first one answered as done, and lost
+            listed.append(_association("ws1", "alice"))
+        return reply()
+
+    restd = FakeRestd(
+        {
+            ASSOCIATIONS: lambda _request: reply(associations=listed),
+            ("GET", "/slurmdb/v0.0.38/user/alice"): reply(users=[{"name": "alice"}]),
+            ("POST", "/slurmdb/v0.0.38/associations"): added,
+        }
+    )
+    async with client_for(restd) as client:
+        await client.ensure_association("alice", "ws1")
+    assert posts == 2
 
 
 async def test_an_association_needs_the_account() -> None:

@@ -1,0 +1,1 @@
+"""Development environments: durable definitions whose starts are Slurm jobs (sessions) of the one jobs table."""
