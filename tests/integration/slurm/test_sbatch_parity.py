@@ -17,6 +17,7 @@ submitted first, for scripts that depend on one).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import re
@@ -327,10 +328,10 @@ def comparable(shown: dict[str, str], job_id: int) -> dict[str, str]:
     """The fields the submission determines, with the job's own id (in paths) and our comment tag taken out."""
     out = {k: v for k, v in shown.items() if k not in NOT_COMPARED}
     user = shown.get("UserId", "").split("(")[0]
-    for key in ("StdOut", "StdErr", "StdIn"):
+    for key in PATHS:
         if key in out:  # the user's name first: it may hold the digits of a job id (rgt1154c573, job 573)
-            named = out[key].replace(user, "USER") if user else out[key]
-            out[key] = re.sub(rf"(?<![0-9]){job_id}(?![0-9])", "ID", named)
+            out[key] = out[key].replace(user, "USER") if user else out[key]
+            out[key + JOB_ID] = str(job_id)  # which of its numbers are the job's id: see _same_path
     if "Comment" in out:  # the gateway keeps its own tag (rgpu:<instance>:<id>) beside the user's comment
         user_part = re.sub(r"rgpu:[0-9a-zA-Z]+:[0-9a-f]+[ ;,]*", "", out["Comment"]).strip(" ;,")
         if user_part:
@@ -340,11 +341,38 @@ def comparable(shown: dict[str, str], job_id: int) -> dict[str, str]:
     return out
 
 
+PATHS = ("StdOut", "StdErr", "StdIn")
+JOB_ID = "#job-id"
+
+
+def _with_ids_marked(path: str, job_id: str) -> set[str]:
+    """``path`` with each choice of its occurrences of ``job_id`` (as a whole number) replaced by ``ID``: a
+    number in a script's own file name (``R4Slurm-%A.out``) may equal a job id on a fresh cluster (job 4)."""
+    spots = [m.span() for m in re.finditer(rf"(?<![0-9]){re.escape(job_id)}(?![0-9])", path)][:6]
+    variants = set()
+    for chosen in itertools.product((False, True), repeat=len(spots)):
+        text, last = [], 0
+        for (start, end), replace in zip(spots, chosen, strict=True):
+            text += [path[last:start], "ID" if replace else path[start:end]]
+            last = end
+        variants.add("".join([*text, path[last:]]))
+    return variants
+
+
+def _same_path(a: str, a_id: str, b: str, b_id: str) -> bool:
+    """Whether two jobs' paths are the same template expanded with each job's id."""
+    return bool(_with_ids_marked(a, a_id) & _with_ids_marked(b, b_id))
+
+
 def differences(raw: dict[str, str], ours: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
     diff = {}
     for key in sorted(raw.keys() | ours.keys()):
+        if key.endswith(JOB_ID):
+            continue
         a, b = raw.get(key), ours.get(key)
         if a == b:
+            continue
+        if key in PATHS and a and b and _same_path(a, raw[key + JOB_ID], b, ours[key + JOB_ID]):
             continue
         if key in TIMES and a and b:
             ta, tb = _timestamp(a), _timestamp(b)
