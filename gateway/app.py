@@ -18,6 +18,7 @@ from gateway.access_cache import ACCESS_CACHE
 from gateway.accounts.controller import AuthController, MeController, UserController
 from gateway.accounts.ssh_keys import SshKeyController
 from gateway.audit.controller import AuditController, WorkspaceAuditController
+from gateway.billing.controller import BillingController, PriceController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
 from gateway.db.session import Database
@@ -53,6 +54,8 @@ CONTROLLERS = [
     SessionCallbackController,
     TensorBoardController,
     ClusterController,
+    PriceController,
+    BillingController,
 ]
 
 

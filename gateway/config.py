@@ -95,6 +95,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     jupyterhub_url: str | None = None
     """The JupyterHub in front of this gateway (``https://hub.example.org``): environments with JupyterLab
     link to their named server there. None: no hub."""
+    billing_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
+    """How often the worker ingests Slurm's accounting and charges running work (the bill's resolution)."""
+    billing_overlap_minutes: Annotated[int, msgspec.Meta(ge=0, le=10080)] = 10
+    """Each ingest reads accounting from its last watermark minus this (records slurmdbd writes late)."""
+    billing_grace_hours: Annotated[float, msgspec.Meta(ge=0, le=8760)] = 24.0
+    """How long a workspace stays overdue (new work refused and blocked in Slurm) before it is suspended."""
+    billing_suspend_jobs: Literal["finish", "cancel"] = "finish"
+    """What suspension does to running training jobs (running environments are always stopped)."""
 
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:

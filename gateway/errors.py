@@ -61,6 +61,12 @@ class Forbidden(GatewayError):
     status, kind, title = 403, "forbidden", "Forbidden"
 
 
+class PaymentRequired(GatewayError):
+    """The workspace is overdue (its balance below zero) or suspended for it: new work waits for a top-up."""
+
+    status, kind, title = 402, "payment-required", "Payment required"
+
+
 class NotFound(GatewayError):
     status, kind, title = 404, "not-found", "Not found"
 
@@ -72,6 +78,7 @@ class Conflict(GatewayError):
 _HTTP_KINDS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
+    402: ("payment-required", "Payment required"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),

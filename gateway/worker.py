@@ -1,18 +1,21 @@
-"""The background loops of ``remotegpu worker``: the job poller and the reconciliation of Slurm accounts.
+"""The background loops of ``remotegpu worker``: the job poller, the reconciliation of Slurm accounts, billing.
 
 The jobs loop polls every job of the cluster with one ``squeue``, then releases the port mappings of sessions
 that ended and of those that saw no traffic for their ``auto_release_hours``; the accounts loop reconciles
-accounts, associations and GrpTRES with workspaces, members and quotas. A failed cycle is logged and the next one
-starts from the database again.
+accounts, associations and GrpTRES with workspaces, members, quotas and billing blocks; the billing loop
+ingests Slurm's accounting every ``billing_interval_seconds`` (gateway.billing.loop). A failed cycle is logged
+and the next one starts from the database again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
+from gateway.billing.loop import Billing
 from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.environments.ports import release_idle_mappings
@@ -34,21 +37,25 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
     slurmdbd round trips (a few hundred ms) never delay what users wait on: a job's or session's start.
     """
     slurm = make_slurm_client(settings)
-    poller = Poller(database, slurm, JobService(database, slurm, settings))  # it finishes what a crash left
+    jobs = JobService(database, slurm, settings)
+    poller = Poller(database, slurm, jobs)  # it finishes what a crash left
     accounts = AccountSync(database, slurm)
+    billing = Billing(database, settings, jobs)
     try:
         if once:
             await cycle(poller, accounts, database)
+            await billing.cycle()
             return
         await asyncio.gather(
             _every(settings.poll_interval_seconds, "jobs", lambda: poll_jobs(poller, database)),
             _every(settings.poll_interval_seconds, "accounts", lambda: sync_accounts(accounts)),
+            _every(settings.billing_interval_seconds, "billing", billing.cycle),
         )
     finally:
         await slurm.close()
 
 
-async def _every(interval: float, name: str, step: Callable[[], Awaitable[None]]) -> None:
+async def _every(interval: float, name: str, step: Callable[[], Awaitable[Any]]) -> None:
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()

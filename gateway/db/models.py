@@ -2,6 +2,7 @@
 
 from gateway.accounts.models import ApiToken, SshKey, User
 from gateway.audit.models import AuditEntry
+from gateway.billing.models import Balance, IngestCursor, LedgerEntry, Price, UsageRecord
 from gateway.cluster.models import ClusterSnapshot
 from gateway.db.base import Base
 from gateway.environments.models import Environment, EnvironmentEvent, EnvironmentSession, PortMapping
@@ -11,16 +12,21 @@ from gateway.workspaces.models import Member, Quota, Workspace
 __all__ = [
     "ApiToken",
     "AuditEntry",
+    "Balance",
     "Base",
     "ClusterSnapshot",
     "Environment",
     "EnvironmentEvent",
     "EnvironmentSession",
+    "IngestCursor",
+    "LedgerEntry",
     "Member",
     "PortMapping",
+    "Price",
     "Quota",
     "SshKey",
     "TrainingJob",
+    "UsageRecord",
     "User",
     "Workspace",
 ]

@@ -31,6 +31,7 @@ from gateway.accounts.models import User
 from gateway.accounts.ssh_keys import authorized_keys
 from gateway.actor import Actor
 from gateway.audit.writer import record
+from gateway.billing.service import check_can_start
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.session import Database
@@ -58,7 +59,7 @@ from gateway.jobs.schemas import JobCreate
 from gateway.jobs.service import FINAL_STATES, JobService, SlurmDown
 from gateway.schemas import Pagination
 from gateway.workspaces.access import WorkspaceAccess
-from gateway.workspaces.models import Member, Role, Workspace, WorkspaceStatus
+from gateway.workspaces.models import Member, Role, Workspace
 from slurm.errors import SlurmError, SlurmUnavailable
 
 log = structlog.get_logger("gateway.environments")
@@ -811,8 +812,7 @@ def _home(owner: User) -> str:
 
 
 def _check_workspace(access: WorkspaceAccess) -> None:
-    if access.workspace.status != WorkspaceStatus.ACTIVE:
-        raise Forbidden(f"workspace {access.workspace.slug!r} is {access.workspace.status.value}: starts are refused")
+    check_can_start(access.workspace, "environment starts")
 
 
 def _check_spec(spec: EnvironmentSpec, jobs: JobService) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from gateway.accounts.models import User
 from gateway.audit.writer import AUDIT_LOG, audit_row, record
+from gateway.billing.service import check_can_start
 from gateway.config import Settings
 from gateway.db.base import UTCDateTime, utcnow
 from gateway.db.paging import AnySelect, bounded, count_query
@@ -184,8 +185,7 @@ class JobService:
         name, the spec, its script and the working directory."""
         access.require(Role.MEMBER)
         ws, actor = access.workspace, access.actor
-        if ws.status != WorkspaceStatus.ACTIVE:
-            raise Forbidden(f"workspace {ws.slug!r} is {ws.status.value}: new jobs are refused")
+        check_can_start(ws, "new jobs")
         if actor.user_id is None or actor.posix_name is None:
             raise Forbidden("jobs are submitted by users with a POSIX account")
         check_quota(ws.quota, data)

@@ -23,7 +23,7 @@ class WorkspaceStatus(enum.StrEnum):
     OVERDUE = "overdue"
     """Balance exhausted: new work is refused (and blocked in Slurm once billing lands)."""
     SUSPENDED = "suspended"
-    """Stopped by a platform admin."""
+    """Overdue past the grace period (``status_reason`` ``billing``), or stopped by a platform admin."""
 
 
 class Role(enum.StrEnum):
@@ -58,6 +58,8 @@ class Workspace(TimestampMixin, SoftDeleteMixin, Base):
         _str_enum(WorkspaceStatus, "workspace_status"), default=WorkspaceStatus.ACTIVE
     )
     currency: Mapped[str] = mapped_column(String(3))
+    status_reason: Mapped[str | None] = mapped_column(String(16), default=None)
+    """Who set a status other than active: ``billing`` (money lifts it) or ``admin`` (only an admin does)."""
 
     quota: Mapped[Quota | None] = relationship(lazy="raise", uselist=False)
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.accounts.models import User
 from gateway.actor import Actor
 from gateway.audit.writer import record
+from gateway.billing.models import Balance
 from gateway.cluster import service as cluster_service
 from gateway.config import Settings
 from gateway.db.base import utcnow
@@ -111,17 +112,29 @@ async def list_workspaces(
     return [(ws, role) for ws, role in rows], total
 
 
+async def _check_currency_change(session: AsyncSession, ws: Workspace) -> None:
+    """A workspace's currency is that of its ledger: it changes only before the first entry."""
+    if await session.scalar(select(Balance.entries).where(Balance.workspace_id == ws.id)):
+        raise Conflict(
+            "the workspace's ledger is kept in its currency: it cannot change once money moved", field="currency"
+        )
+
+
 async def update_workspace(session: AsyncSession, access: WorkspaceAccess, data: WorkspaceUpdate) -> Workspace:
     access.require(Role.OWNER)
     if data.status is not UNSET and not access.actor.is_admin:
         raise Forbidden("only platform administrators may change a workspace's status", field="status")
     ws = access.workspace
     changes: dict[str, object] = {}
+    if data.currency is not UNSET and data.currency != ws.currency:
+        await _check_currency_change(session, ws)
     for field in ("name", "description", "currency", "status"):
         value = getattr(data, field)
         if value is not UNSET and value != getattr(ws, field):
             setattr(ws, field, value)
             changes[field] = value
+    if "status" in changes:
+        ws.status_reason = None if ws.status == WorkspaceStatus.ACTIVE else "admin"  # money does not lift it
     if changes:
         record(
             session,

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from gateway.accounts.models import User
 from gateway.db.base import utcnow
 from gateway.db.session import Database
-from gateway.workspaces.models import Member, Quota, SlurmSync, SyncState, Workspace
+from gateway.workspaces.models import Member, Quota, SlurmSync, SyncState, Workspace, WorkspaceStatus
 from slurm.client import SlurmClient
 from slurm.errors import SlurmError, SlurmUnavailable
 from slurm.tres import format_tres
@@ -36,10 +36,15 @@ FAILING = Gauge("remotegpu_account_sync_failing_workspaces", "Workspaces whose l
 MANAGED_TRES_PREFIXES = ("cpu", "mem", "gres/gpu")
 
 
-def grp_tres_for(quota: Quota | None) -> dict[str, int]:
-    """The GrpTRES a quota means (memory in MiB); limits not set are absent."""
+BLOCKED = {"cpu": 0}
+"""The GrpTRES of a workspace that is not active (overdue, suspended): no job of its account starts, whoever
+submits it and however (pending jobs wait with reason ``AssocGrpCpuLimit``); running ones go on."""
+
+
+def grp_tres_for(quota: Quota | None, *, blocked: bool = False) -> dict[str, int]:
+    """The GrpTRES a quota means (memory in MiB); limits not set are absent. ``blocked``: nothing may start."""
     if quota is None:
-        return {}
+        return dict(BLOCKED) if blocked else {}
     tres: dict[str, int] = {}
     if quota.gpus is not None:
         tres["gres/gpu"] = quota.gpus
@@ -49,7 +54,7 @@ def grp_tres_for(quota: Quota | None) -> dict[str, int]:
         tres["cpu"] = quota.cpus
     if quota.memory_bytes is not None:
         tres["mem"] = quota.memory_bytes // (1024 * 1024)
-    return tres
+    return {**tres, **BLOCKED} if blocked else tres
 
 
 def limit_changes(current: Mapping[str, int], desired: Mapping[str, int]) -> dict[str, int | None]:
@@ -143,7 +148,7 @@ class AccountSync:
             await self.slurm.ensure_account(account, description=f"RemoteGPU workspace {ws.slug}")
             result.accounts_created += 1
         current = getattr(accounts.get(account), "grp_tres", {})
-        changes = limit_changes(current, grp_tres_for(quota))
+        changes = limit_changes(current, grp_tres_for(quota, blocked=ws.status != WorkspaceStatus.ACTIVE))
         if changes:
             try:
                 await self.slurm.set_account_limits(account, changes)

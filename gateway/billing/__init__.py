@@ -1,0 +1,1 @@
+"""Per-workspace billing from Slurm's accounting: prices, usage ingest, rating, the ledger, overdue, reports."""
