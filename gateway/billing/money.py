@@ -18,6 +18,8 @@ AMOUNT_PLACES = 4
 QUANTUM = Decimal(1).scaleb(-AMOUNT_PLACES)
 PRICE_PLACES = 8
 ZERO = Decimal(0)
+MAX_DECIMAL = Decimal(10) ** 14
+"""No amount or price reaches this (a ledger unit count must fit a BIGINT)."""
 
 
 def quantize(value: Decimal) -> Decimal:
@@ -45,8 +47,8 @@ def parse_decimal(text: str, *, places: int) -> Decimal:
         value = Decimal(text)
     except InvalidOperation:
         raise ValueError(f"{text!r} is not a decimal number") from None
-    if not value.is_finite():
-        raise ValueError(f"{text!r} is not a finite number")
+    if not value.is_finite() or abs(value) >= MAX_DECIMAL:
+        raise ValueError(f"{text!r} is not a finite number below {MAX_DECIMAL:,}")
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > places:
         raise ValueError(f"{text!r} has more than {places} decimal places")
