@@ -9,6 +9,7 @@ refuse unknown fields say so (``additionalProperties: false``).
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from functools import cache
 from http import HTTPStatus
@@ -94,6 +95,9 @@ def _zero_bounds(cls: type[msgspec.Struct]) -> dict[str, dict[str, int]]:
     return bounds
 
 
+_STARTS_WORK = re.compile(r"/(jobs|jobs/test|environments|environments/\{[^}]+\}/(start|restart))$")
+
+
 def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterator[int]:
     """The error statuses an operation can answer with, from what it takes and who may call it."""
     parameters = operation.get("parameters") or []
@@ -106,6 +110,8 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
         yield 403  # a role or platform admin required, a disabled account, an inactive workspace
     if "{" in path or secured:
         yield 404  # unknown resource; and anything in a workspace the caller is not a member of
+    if method == "post" and _STARTS_WORK.search(path):
+        yield 402  # the workspace is overdue (or suspended for it): new work waits for a top-up
     if method in _WRITES or path.endswith(("/logs", "/tensorboard")):
         yield 409  # the state does not allow it (duplicate name, last owner, a job that has ended, ...)
     if path.endswith("/tensorboard"):

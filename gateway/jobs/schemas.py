@@ -11,6 +11,7 @@ import msgspec
 from gateway.jobs.models import TrainingJob
 from gateway.schemas import whole
 from slurm import script as sbatch
+from slurm.reasons import explain
 from slurm.script import JobSpec, MailType
 
 
@@ -258,6 +259,8 @@ class JobOut(msgspec.Struct, kw_only=True):
     state: str
     state_unknown: bool
     reason: str | None
+    reason_detail: str | None
+    """Slurm's reason in words, e.g. which quota a pending job waits for (slurm.reasons)."""
     slurm_job_id: int | None
     nodes: list[str]
     exit_code: int | None
@@ -281,6 +284,7 @@ class JobOut(msgspec.Struct, kw_only=True):
             state=job.state,
             state_unknown=job.state_unknown,
             reason=job.reason,
+            reason_detail=explain(job.reason) if job.state == "PENDING" else None,
             slurm_job_id=job.slurm_job_id,
             nodes=job.nodes,
             exit_code=job.exit_code,
