@@ -950,5 +950,10 @@ from gateway.client.env_commands import env_group, ssh_key_group  # noqa: E402 -
 main.add_command(env_group)
 main.add_command(ssh_key_group)
 
+from gateway.client.billing_commands import billing_group, price_group  # noqa: E402 - as env_group above
+
+main.add_command(billing_group)
+main.add_command(price_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
