@@ -92,6 +92,20 @@ def test_a_named_server_is_an_environment_on_slurm(
         assert over.status_code == 409, spawn_error(over, hub)
         assert "quota of 1 concurrent environments is reached" in hub_said(over), spawn_error(over, hub)
 
+        # an overdue workspace (a platform admin's adjustment below zero): the 402, in the gateway's words
+        httpx.patch(f"{gateway.url}{WS}/hub/quota", json={"concurrent_environments": None}, headers=admin, timeout=30)
+        billing = f"{gateway.url}{WS}/hub/billing/topups"
+        owed = httpx.post(billing, json={"amount": "-1", "kind": "adjustment"}, headers=admin, timeout=30)
+        assert owed.status_code == 201 and owed.json()["status"] == "overdue", owed.text
+        unpaid = browser.post(
+            f"/hub/spawn/{name}/more",
+            data={"workspace": "hub", "cpus": "1", "mem_gib": "1", "time_minutes": "30", "_xsrf": xsrf(browser)},
+        )
+        assert unpaid.status_code == 402, spawn_error(unpaid, hub)
+        assert "balance is below zero" in hub_said(unpaid), spawn_error(unpaid, hub)
+        paid = httpx.post(billing, json={"amount": "1", "kind": "credit"}, headers=admin, timeout=30)
+        assert paid.status_code == 201 and paid.json()["status"] == "active", paid.text
+
         # a hub restart reattaches: the same Slurm job, JupyterLab still answering
         hub.restart()
         eventually(lambda: hub.api.get(f"/users/{name}").json()["servers"].get("dev", {}).get("ready"), 60)
