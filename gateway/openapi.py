@@ -165,6 +165,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
                 responses[str(status)] = _problem_response(status)
             if path.endswith("/jobs/{job_id}/logs") and "200" in responses:  # follow=true streams them as text
                 responses["200"].setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
+            if path.endswith("/billing/report") and "200" in responses:  # format=csv
+                responses["200"].setdefault("content", {})["text/csv"] = {"schema": {"type": "string"}}
             if path == "/readyz":
                 responses["503"] = {
                     "description": "The database does not answer",

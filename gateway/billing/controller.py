@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get, post
 from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -29,7 +29,12 @@ from gateway.workspaces.deps import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 IdempotencyKey = Annotated[
     str | None, HeaderParameter(name="Idempotency-Key", max_length=128, pattern=whole(r"[A-Za-z0-9._:-]{1,128}"))
 ]
-_TIME = {"pattern": RFC3339_PATTERN, "max_length": 40, "description": "an RFC 3339 date-time with its offset"}
+_TIME: dict[str, Any] = {
+    "pattern": RFC3339_PATTERN,
+    "max_length": 40,
+    "description": "an RFC 3339 date-time with its offset",
+    "schema_extra": {"format": "date-time"},
+}
 FromParam = Annotated[str | None, QueryParameter(name="from", **_TIME)]
 ToParam = Annotated[str | None, QueryParameter(name="to", **_TIME)]
 ReportFrom = Annotated[str, QueryParameter(name="from", **_TIME)]

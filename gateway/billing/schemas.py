@@ -21,8 +21,9 @@ PriceResource = Annotated[
 DecimalText = Annotated[
     str,
     msgspec.Meta(
-        pattern=whole(r"-?[0-9]{1,12}(\.[0-9]{1,8})?"),
-        description="a decimal number as text (never a JSON number: money is never a float)",
+        pattern=whole(r"[0-9]{1,12}(\.[0-9]{1,8})?"),
+        description="a non-negative decimal number as text, at most 8 places (never a JSON number: money is never "
+        "a float)",
         examples=["12.5"],
     ),
 ]

@@ -215,7 +215,7 @@ async def top_up(
         raise InvalidInput("amount too large", field="amount")
     workspace = access.workspace
     signed = -amount if data.kind == REFUND else amount  # a refund gives money back to the payer
-    key = f"{data.kind}:{workspace.id}:{idempotency_key or uuid.uuid4().hex}"
+    key = f"payment:{workspace.id}:{idempotency_key or uuid.uuid4().hex}"  # one key, whatever the kind
     now = utcnow()
     entry_values = {
         "workspace_id": workspace.id,
@@ -296,6 +296,8 @@ async def usage_records(
     """Usage records, newest first; members see their own only."""
     query = select(UsageRecord).where(UsageRecord.workspace_id == access.workspace.id)
     if not access.allows(Role.ADMIN):
+        if user and user != access.actor.posix_name:
+            raise Forbidden("members see their own usage records only", field="user")
         query = query.where(UsageRecord.posix_user == (access.actor.posix_name or ""))
     elif user:
         query = query.where(UsageRecord.posix_user == user)
@@ -339,8 +341,6 @@ async def report(
             LedgerEntry.at < end,
         )
     )
-    if group_by == "user" and not access.allows(Role.ADMIN):
-        query = query.where(UsageRecord.posix_user == (access.actor.posix_name or ""))
     groups: dict[str | None, list[Any]] = {}
     for key, amount, minutes, gpu_minutes, usage_id in (await session.execute(query)).all():
         name = key.astimezone(UTC).date().isoformat() if group_by == "day" else key

@@ -39,7 +39,19 @@ SSH_KEYS = (  # what only parsing the key's base64 data can tell
     r"(the key|the public key|not an OpenSSH public key|an Ed25519|RSA keys|not a valid RSA|a security key|"
     r"certificates are not accepted|this is an? |a PEM key|send one key line|you have \d+ SSH keys).*",
 )
+DATES = (r"not a date-time: .+",)  # e.g. day 31 of a 30-day month, year 0: the pattern cannot know
+BILLING_REPORT = (*DATES, r"'to' must be after 'from'")
+PRICES = (
+    r"a price cannot start in the past: what was charged keeps its prices",
+    r"Invalid RFC3339 encoded datetime",  # msgspec's parser takes fewer forms than JSON Schema's date-time
+    r"valid_from needs a time zone offset",
+)
+TOPUPS = (r"an adjustment cannot be zero", r"a (topup|credit|refund) must be positive", r"amount too large")
 STATEFUL: dict[str, tuple[str, ...]] = {
+    "POST /api/v1/prices": PRICES,
+    "POST /api/v1/workspaces/{ws}/billing/topups": TOPUPS,
+    "GET /api/v1/workspaces/{ws}/billing/records": DATES,
+    "GET /api/v1/workspaces/{ws}/billing/report": BILLING_REPORT,
     "POST /api/v1/workspaces/{ws}/environments": ENVIRONMENTS,
     "PATCH /api/v1/workspaces/{ws}/environments/{environment_id}": ENVIRONMENTS,
     "POST /api/v1/me/ssh-keys": SSH_KEYS,
