@@ -31,6 +31,7 @@ from gateway.billing.models import Price, UsageRecord
 from gateway.client.billing_commands import ENTRY_HEADERS, RECORD_HEADERS
 from gateway.db.session import Database
 from slurm.records import AccountingRecord, JobState
+from tests.accounting import accounting_record
 from tests.cli_runner import operator_user, run_cli_as, user_env, user_venv
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,6 @@ DAY0, DAY1 = T0.date().isoformat(), (T0.date() + timedelta(days=1)).isoformat()
 BEGIN, END = (T0.date() - timedelta(days=1)).isoformat(), (T0.date() + timedelta(days=3)).isoformat()
 """The report's window, as dates (midnight UTC)."""
 PRICES = (("gpu:a100", "0.1"), ("gpu", "0.07"), ("cpu", "0.0033"), ("mem", "0.00012207"))  # no float holds them
-A100 = {"cpu": 2, "mem": 1024, "node": 1, "gres/gpu": 1, "gres/gpu:a100": 1}
 
 
 def _free_port() -> int:
@@ -278,31 +278,15 @@ def test_admin_sets_prices_and_everyone_lists_them(gateway: Gateway) -> None:
     one_line_error(past, "in the past", "[valid_from]")
     one_line_error(gateway.cli("root", "price", "set", "gpu:a100; rm", "1", "--currency", "USD"), "[resource]")
     negative = gateway.cli("root", "price", "set", "cpu", "--currency", "USD", "--", "-1")
-    one_line_error(negative, "negative", "[amount]")
+    one_line_error(negative, "amount", "[amount]")  # the schema allows no sign in a price
     usage_error(gateway.cli("root", "price", "set", "cpu", "0.123456789", "--currency", "USD"), "'AMOUNT'")
     one_line_error(gateway.cli("root", "price", "set", "cpu", "1", "--currency", "usd"), "[currency]")
     usage_error(gateway.cli("root", "price", "set", "cpu", "one", "--currency", "USD"), "'AMOUNT'")
     usage_error(gateway.cli("root", "price", "list", "--at", "2026-11-30T10:00:00"), "'--at'")
 
 
-def job(job_id: int, *, account: str, user: str = "alice", minutes: float = 10, **values: Any) -> AccountingRecord:
-    start = values.pop("start", T0)
-    state = values.pop("state", JobState.COMPLETED)
-    elapsed = int(minutes * 60)
-    return AccountingRecord(
-        job_id=job_id,
-        name=f"job{job_id}",
-        user=user,
-        account=account,
-        partition="gpu",
-        state=state,
-        elapsed_seconds=elapsed,
-        submit_time=start - timedelta(seconds=5),
-        start_time=start,
-        end_time=start + timedelta(seconds=elapsed) if state.is_terminal else None,
-        allocated=values.pop("tres", A100),
-        **values,
-    )
+def job(job_id: int, *, account: str, **values: Any) -> AccountingRecord:
+    return accounting_record(job_id, account=account, start=values.pop("start", T0), **values)
 
 
 def _usage(gateway: Gateway, lab: Lab) -> dict[int, UsageRecord]:

@@ -8,6 +8,7 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import msgspec
@@ -22,36 +23,15 @@ from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.workspaces.models import Workspace
 from slurm.records import AccountingRecord, JobState
+from tests.accounting import accounting_record
 from tests.conftest import UserFactory
 
 WS = "/api/v1/workspaces"
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 
-def job(
-    job_id: int,
-    *,
-    account: str = "vision",
-    user: str = "alice",
-    minutes: float = 10,
-    state: JobState = JobState.COMPLETED,
-    tres: dict[str, int] | None = None,
-    start: datetime = T0,
-) -> AccountingRecord:
-    elapsed = int(minutes * 60)
-    return AccountingRecord(
-        job_id=job_id,
-        name=f"job{job_id}",
-        user=user,
-        account=account,
-        partition="gpu",
-        state=state,
-        elapsed_seconds=elapsed,
-        submit_time=start - timedelta(seconds=5),
-        start_time=start,
-        end_time=start + timedelta(seconds=elapsed) if state.is_terminal else None,
-        allocated=tres if tres is not None else {"cpu": 2, "mem": 1024, "node": 1, "gres/gpu": 1, "gres/gpu:a100": 1},
-    )
+def job(job_id: int, *, account: str = "vision", start: datetime = T0, **values: Any) -> AccountingRecord:
+    return accounting_record(job_id, account=account, start=start, **values)
 
 
 async def _setup(client: httpx.AsyncClient, make_user: UserFactory) -> tuple[dict[str, str], dict[str, str]]:
