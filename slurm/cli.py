@@ -247,9 +247,12 @@ class CliSlurmClient:
                 return value.strip() or None
         return None
 
-    async def accounting(self, since: datetime) -> list[AccountingRecord]:
+    async def accounting(self, since: datetime, accounts: Sequence[str] | None = None) -> list[AccountingRecord]:
+        if accounts is not None and not accounts:
+            return []
         start = since.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
-        out = await self._run(["sacct", "--allusers", "--json", "-S", start, "-E", "now"])
+        only = ["-A", ",".join(accounts)] if accounts else []
+        out = await self._run(["sacct", "--allusers", "--json", *only, "-S", start, "-E", "now"])
         return self.dialect.parse_sacct(out)
 
     # --- accounts and associations -------------------------------------------------------------------

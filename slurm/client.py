@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -80,8 +80,9 @@ class SlurmClient(Protocol):
         """The cluster's ``ClusterName`` (None where the backend cannot tell)."""
         ...
 
-    async def accounting(self, since: datetime) -> list[AccountingRecord]:
-        """Accounting records of every job active or ended since ``since``, in one call."""
+    async def accounting(self, since: datetime, accounts: Sequence[str] | None = None) -> list[AccountingRecord]:
+        """Accounting records of every job active or ended since ``since`` (under ``accounts`` only, when given:
+        billing reads its workspaces' accounts, not the whole cluster's), in one call."""
         ...
 
     async def ensure_account(self, account: str, *, description: str = "") -> None: ...

@@ -549,10 +549,14 @@ class RestSlurmClient:
         clusters = await self._all_clusters()
         return clusters[0] if len(clusters) == 1 else None
 
-    async def accounting(self, since: datetime) -> list[AccountingRecord]:
+    async def accounting(self, since: datetime, accounts: Sequence[str] | None = None) -> list[AccountingRecord]:
+        if accounts is not None and not accounts:
+            return []
         # relative to slurmrestd's clock: an absolute time would be read in slurmrestd's time zone
         seconds = max(0, math.ceil(datetime.now(since.tzinfo).timestamp() - since.timestamp())) + 1
         params = {"start_time": f"now-{seconds}", "end_time": "now"}
+        if accounts:
+            params["account"] = ",".join(accounts)
         reply = await self._call("GET", f"{_SLURMDB}/jobs", params=params, tolerate=(_NOTHING_FOUND,))
         return self.dialect.parse_sacct(reply.content)
 

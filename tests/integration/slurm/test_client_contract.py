@@ -393,6 +393,14 @@ async def test_both_backends_report_the_same_jobs_and_accounting(
         via_cli, via_rest = records
         assert via_rest == via_cli and via_cli[0].state == JobState.FAILED
         assert via_cli[0].allocated.get("gres/gpu") == 1
+        # billing asks for its workspaces' accounts only: both backends filter the same way
+        only = [await backend.accounting(started, accounts=[slurm_account]) for backend in (cli_client, rest_client)]
+        assert {r.account for r in only[0]} == {slurm_account} and sorted(map(str, only[0])) == sorted(
+            map(str, only[1])
+        )
+        assert [
+            await backend.accounting(started, accounts=["no-such-account"]) for backend in (cli_client, rest_client)
+        ] == [[], []]
     finally:
         await rest_client.cancel(held, user=user)
 
