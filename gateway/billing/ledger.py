@@ -3,13 +3,15 @@ balance moves with them in the same transaction. Synchronous units of work for `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table, func, select
+import msgspec
+from sqlalchemy import JSON, Column, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,67 @@ BALANCES: Table = Balance.__table__  # type: ignore[assignment]
 
 def _insert(session: Session, table: Table) -> Any:
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _default(column: Column[Any]) -> Any:
+    """The value SQLAlchemy would give a column left out of an INSERT (its Python-side default, else None)."""
+    default = column.default
+    if default is None:
+        return None
+    return default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+
+
+_TYPMOD = re.compile(r"\(.*?\)")
+
+
+def insert_rows(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    returning: Sequence[str],
+    skip_conflicts_on: str | None = None,
+) -> Sequence[Any]:
+    """INSERT ``rows`` (column values; a column a row leaves out gets its default, as with SQLAlchemy's
+    ``insert()``) and return ``returning`` of each row written, in no particular order; with
+    ``skip_conflicts_on`` a row whose value of that unique column is taken is skipped (``ON CONFLICT DO
+    NOTHING``) and not returned.
+
+    On PostgreSQL this is one statement with one parameter, the rows as a JSON document (``INSERT ... SELECT
+    FROM json_to_recordset(...)``), where SQLAlchemy's executemany sends a multi-row VALUES with a placeholder
+    per value that psycopg rewrites in Python (11 of 23 s of a 20,000-record ingest); arrays per column
+    (``unnest``) still cost 4 s in psycopg's Python array dumper. Values first go through the columns' own bind
+    processing (Money to units, UTC datetimes). Elsewhere: SQLAlchemy's executemany."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        statement = _insert(session, table)
+        if skip_conflicts_on is not None:
+            statement = statement.on_conflict_do_nothing(index_elements=[table.c[skip_conflicts_on]])
+        return session.execute(statement.returning(*(table.c[n] for n in returning)), list(rows)).all()
+    given = {name for row in rows for name in row}
+    columns = [c for c in table.c if c.name in given or c.default is not None]
+    quote = dialect.identifier_preparer.quote
+    values: dict[str, list[Any]] = {}
+    for column in columns:
+        default = None if all(column.name in row for row in rows) else _default(column)
+        process = None if isinstance(column.type, JSON) else column.type.bind_processor(dialect)
+        values[column.name] = [
+            process(v) if process is not None else v for v in (row.get(column.name, default) for row in rows)
+        ]
+    document = msgspec.json.encode([dict(zip(values, row, strict=True)) for row in zip(*values.values(), strict=True)])
+    names = ", ".join(quote(c.name) for c in columns)
+    # each column as its type without a length: an over-long value fails on assignment, as with VALUES
+    declared = ", ".join(f"{quote(c.name)} {_TYPMOD.sub('', c.type.compile(dialect))}" for c in columns)
+    conflict = f" ON CONFLICT ({quote(skip_conflicts_on)}) DO NOTHING" if skip_conflicts_on is not None else ""
+    statement = text(  # identifiers from the table, quoted; the values are one bound JSON document
+        f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} "  # noqa: S608
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS t({declared}){conflict} "
+        f"RETURNING {', '.join(quote(n) for n in returning)}"
+    ).columns(*(table.c[n] for n in returning))
+    params = {"rows": document.decode()}
+    return session.execute(statement, params).all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +106,13 @@ def post(session: Session, entries: Sequence[Mapping[str, Any]], *, now: datetim
     if not entries:
         return {}
     now = now or utcnow()
-    statement = (
-        _insert(session, ENTRIES)
-        .on_conflict_do_nothing(index_elements=[ENTRIES.c.key])
-        .returning(ENTRIES.c.workspace_id, ENTRIES.c.amount)
+    written = insert_rows(
+        session,
+        ENTRIES,
+        [{"created_at": now, **entry} for entry in entries],
+        returning=("workspace_id", "amount"),
+        skip_conflicts_on="key",
     )
-    written = session.execute(statement, [{"created_at": now, **entry} for entry in entries]).all()
     sums: dict[int, tuple[Decimal, int]] = {}
     for workspace_id, amount in written:
         total, count = sums.get(workspace_id, (ZERO, 0))

@@ -200,7 +200,8 @@ async def test_overdue_blocks_the_account_in_slurm_and_a_topup_lets_pending_work
     started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
     eventually(lambda: all(s == "COMPLETED" for s, _, _ in _sacct(slurm_cluster, slurm_account, started).values())
                and _sacct(slurm_cluster, slurm_account, started), within=60)  # fmt: skip
-    await ingest(clean_database, await slurm_client.accounting(utcnow() - timedelta(minutes=5)), cluster="remotegpu")
+    records = await slurm_client.accounting(utcnow() - timedelta(minutes=5), accounts=[slurm_account])
+    await ingest(clean_database, records, cluster="remotegpu")
     await clean_database.run(lambda s: settle_states(s, utcnow(), grace=timedelta(hours=24)))
     balance = (await api.get(f"{WS}/lab/billing/balance", headers=team["alice"])).json()
     assert balance["status"] == "overdue" and Decimal(balance["balance"]) < 0
