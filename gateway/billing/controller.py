@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Response, get, post
+from litestar.datastructures import State
 from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from gateway.billing import service
@@ -81,9 +82,9 @@ class BillingController(Controller):
     dependencies = WORKSPACE_DEPENDENCIES
 
     @get("/balance")
-    async def get_balance(self, db_session: DbSession, access: Access, settings: AppSettings) -> BalanceOut:
+    async def get_balance(self, state: State, access: Access, settings: AppSettings) -> BalanceOut:
         """The balance (the sum of the ledger, running work charged up to the last ingest) and billing status."""
-        return await service.balance(db_session, access, grace=_grace(settings))
+        return await service.balance(state.database, access, grace=_grace(settings))
 
     @post("/topups")
     async def create_topup(

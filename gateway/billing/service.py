@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Gauge
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, bindparam, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -39,9 +39,11 @@ from gateway.billing.models import (
     Price,
     UsageRecord,
 )
-from gateway.billing.money import PRICE_PLACES, ZERO, parse_decimal
+from gateway.billing.money import PRICE_PLACES, ZERO, from_units, parse_decimal, quantize
 from gateway.billing.schemas import BalanceOut, PriceCreate, ReportOut, ReportRow, TopUpCreate
 from gateway.db.base import utcnow
+from gateway.db.paging import AnySelect
+from gateway.db.session import Database
 from gateway.errors import Conflict, Forbidden, InvalidInput, PaymentRequired
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Role, Workspace, WorkspaceStatus
@@ -254,19 +256,31 @@ async def top_up(
     return entry, balance
 
 
-async def balance(session: AsyncSession, access: WorkspaceAccess, *, grace: timedelta) -> BalanceOut:
+_BALANCE: AnySelect = select(
+    type_coerce(Balance.amount, BigInteger), Balance.entries, Balance.updated_at, Balance.overdue_since
+).where(Balance.workspace_id == bindparam("workspace_id"))
+"""Built once: a balance read is one row by its key (``Database.rows``: no ORM session, no greenlet bridge)."""
+
+
+async def balance(database: Database, access: WorkspaceAccess, *, grace: timedelta) -> BalanceOut:
+    """The workspace's balance row (the ledger's sum, kept with it) and billing status: one indexed row."""
     workspace = access.workspace
-    row = await session.get(Balance, workspace.id)
-    overdue_since = row.overdue_since if row else None
+    found = await database.rows(_BALANCE, {"workspace_id": workspace.id})
+    units, entries, updated_at, overdue_since = found[0] if found else (0, 0, None, None)
+    amount = from_units(units)  # the column as stored: whole ledger units
+    if updated_at is not None and updated_at.tzinfo is None:
+        updated_at = updated_at.replace(tzinfo=UTC)
+    if overdue_since is not None and overdue_since.tzinfo is None:
+        overdue_since = overdue_since.replace(tzinfo=UTC)
     return BalanceOut(
         workspace=workspace.slug,
         currency=workspace.currency,
-        balance=str(row.amount if row else ZERO.quantize(Decimal("0.0001"))),
+        balance=str(quantize(amount)),
         status=workspace.status.value,
         overdue_since=overdue_since,
         suspend_at=overdue_since + grace if overdue_since and workspace.status == WorkspaceStatus.OVERDUE else None,
-        entries=row.entries if row else 0,
-        updated_at=row.updated_at if row else None,
+        entries=entries,
+        updated_at=updated_at,
     )
 
 
