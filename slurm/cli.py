@@ -258,14 +258,20 @@ class CliSlurmClient:
     # --- accounts and associations -------------------------------------------------------------------
 
     async def ensure_account(self, account: str, *, description: str = "") -> None:
-        await self._sacctmgr(
-            "add",
-            "account",
-            account,
-            f"Description={description or account}",
-            f"Organization={account}",
-            tolerate=("Nothing new added",),
-        )
+        async def add() -> None:
+            await self._sacctmgr(
+                "add",
+                "account",
+                account,
+                f"Description={description or account}",
+                f"Organization={account}",
+                tolerate=("Nothing new added",),
+            )
+
+        async def kept() -> bool:  # slurmdbd may lose an account added beside others, as it loses associations
+            return any(a.user is None and a.partition is None for a in await self.associations(account))
+
+        await until_kept(add, kept, f"the account {account!r}")
 
     async def ensure_association(self, user: str, account: str) -> None:
         async def add() -> None:

@@ -52,12 +52,14 @@ PRICE_PLACES = 8
 INTEGER_DIGITS = 12
 
 
-def decimal_text(text: str, places: int = AMOUNT_PLACES) -> str:
+def decimal_text(text: str, places: int = AMOUNT_PLACES, *, signed: bool = True) -> str:
     """``text`` itself if it is a plain decimal number (``100``, ``12.50``, ``-3.5``) the gateway can hold: no
     exponent, no ``+``, no separators, at most ``places`` decimal places and 12 digits before the point. The
     gateway checks the rest (the sign a kind of entry needs, zero, its largest amount) and says so."""
     if not _DECIMAL.fullmatch(text):
         raise ValueError(f"{text!r} is not a decimal number like 100 or 12.50")
+    if not signed and text.startswith("-"):
+        raise ValueError(f"{text!r} is negative: a price is never below zero")
     whole, _, fraction = text.removeprefix("-").partition(".")
     if len(fraction) > places:
         raise ValueError(f"{text!r} has more than {places} decimal places")
@@ -107,15 +109,16 @@ class _Decimal(click.ParamType[str]):
 
     name = "DECIMAL"
 
-    def __init__(self, places: int) -> None:
+    def __init__(self, places: int, *, signed: bool = True) -> None:
         self.places = places
+        self.signed = signed
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
         if text.startswith("-") and not text[1:2].isdigit():  # `topup` takes `-5`: an unknown option lands here
             self.fail(f"{text} is neither an option of this command nor an amount", param, ctx)
         try:
-            return decimal_text(text, self.places)
+            return decimal_text(text, self.places, signed=self.signed)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -529,7 +532,11 @@ def price_list(currency: str | None, resource: str | None, at: str | None, as_js
 
 def price_body(resource: str, amount: str, currency: str, valid_from: str | None) -> dict[str, Any]:
     """The ``PriceCreate`` body: the amount as the text typed (never a number)."""
-    body: dict[str, Any] = {"resource": resource, "amount": decimal_text(amount, PRICE_PLACES), "currency": currency}
+    body: dict[str, Any] = {
+        "resource": resource,
+        "amount": decimal_text(amount, PRICE_PLACES, signed=False),
+        "currency": currency,
+    }
     if valid_from is not None:
         body["valid_from"] = valid_from
     return body
@@ -537,7 +544,7 @@ def price_body(resource: str, amount: str, currency: str, valid_from: str | None
 
 @price_group.command("set")
 @click.argument("resource")
-@click.argument("amount", type=_Decimal(PRICE_PLACES))
+@click.argument("amount", type=_Decimal(PRICE_PLACES, signed=False))
 @click.option("--currency", required=True, help="ISO 4217 code, e.g. CNY.")
 @click.option("--from", "valid_from", type=_Instant(), help="Start (default: now; never in the past).")
 @json_option

@@ -103,7 +103,7 @@ def test_amounts_are_sent_as_typed(typed: str) -> None:
     body = billing.topup_body(typed, "topup", None)
     assert body["amount"] == typed and isinstance(body["amount"], str)
     assert f'"amount": "{typed}"' in json.dumps(body)  # text in the JSON, never a number
-    for price in (typed, "0.00012207"):
+    for price in (typed.removeprefix("-"), "0.00012207"):  # a price is never negative
         assert billing.price_body("gpu:a100", price, "CNY", None)["amount"] == price
 
 
@@ -116,9 +116,9 @@ CANDIDATES = [
 @pytest.mark.parametrize("typed", CANDIDATES)
 def test_the_cli_takes_the_amounts_the_api_takes(typed: str) -> None:
     """The CLI refuses up front (exit 2, in words) exactly what the API's schemas would refuse (a regex)."""
-    for places, schema, body in (
-        (billing.AMOUNT_PLACES, TopUpCreate, {"amount": typed}),
-        (billing.PRICE_PLACES, PriceCreate, {"amount": typed, "resource": "cpu", "currency": "CNY"}),
+    for places, signed, schema, body in (
+        (billing.AMOUNT_PLACES, True, TopUpCreate, {"amount": typed}),
+        (billing.PRICE_PLACES, False, PriceCreate, {"amount": typed, "resource": "cpu", "currency": "CNY"}),
     ):
         try:
             msgspec.convert(body, schema)
@@ -126,7 +126,7 @@ def test_the_cli_takes_the_amounts_the_api_takes(typed: str) -> None:
         except msgspec.ValidationError:
             api_takes = False
         try:
-            billing.decimal_text(typed, places)
+            billing.decimal_text(typed, places, signed=signed)
             cli_takes = True
         except ValueError:
             cli_takes = False

@@ -33,12 +33,13 @@ from slurm.client import SlurmClient
 from slurm.dialects.v22_05 import parse_sacct
 from tests.conftest import UserFactory
 from tests.integration.slurm.conftest import WS, Cluster, PosixUserFactory, make_team
-from tests.integration.slurm.test_environments import Team, team
 from tests.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
-__all__ = ["team"]  # the environments' team fixture, used here too
 PRICES = {"gpu:a100": "0.1", "cpu": "0.0033", "mem": "0.0001"}
+ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True, scope="session")
+"""For the tests whose database work is tests/integration/billing's (on both backends): what they add is the
+cluster, and each costs a minute or more of CI."""
 
 
 @pytest.fixture
@@ -98,6 +99,7 @@ async def _entries(database: Database) -> list[tuple[Any, ...]]:
     )
 
 
+@ON_POSTGRESQL
 async def test_billed_minutes_equal_sacct_and_running_jobs_are_charged_as_they_run(
     api: httpx.AsyncClient,
     make_user: UserFactory,
@@ -180,6 +182,7 @@ async def test_billed_minutes_equal_sacct_and_running_jobs_are_charged_as_they_r
     assert balance == -sum(u.amount for u in usage.values() if u.account == slurm_account)
 
 
+@ON_POSTGRESQL
 async def test_overdue_blocks_the_account_in_slurm_and_a_topup_lets_pending_work_start(
     api: httpx.AsyncClient,
     make_user: UserFactory,
@@ -324,40 +327,3 @@ async def _at_least(url: str, statement: Any, wanted: int) -> bool:
         return int(await database.run(lambda s: s.scalar(statement), write=False) or 0) >= wanted
     finally:
         await database.dispose()
-
-
-def _balance(team: Team) -> Decimal:
-    return Decimal(team.http.get(f"{WS}/lab/billing/balance", headers=team.headers["owner"]).json()["balance"])
-
-
-def _records(team: Team) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = team.http.get(f"{WS}/lab/billing/records", headers=team.headers["owner"]).json()[
-        "items"
-    ]
-    return items
-
-
-def test_a_running_environment_is_charged_minute_by_minute_and_stopping_it_stops_the_charge(team: Team) -> None:
-    gateway = team.gateway
-    for resource, amount in PRICES.items():
-        r = team.http.post("/api/v1/prices", json={"resource": resource, "amount": amount, "currency": "CNY"},
-                           headers=team.admin)  # fmt: skip
-        assert r.status_code == 201, r.text
-    gateway.env["REMOTEGPU_BILLING_INTERVAL_SECONDS"] = "3"
-    with gateway.worker():
-        r = team.env("member", method="POST", name="dev", services=["ssh"], gpus=1, gpu_type="a100", time_minutes=10)
-        assert r.status_code == 201, r.text
-        env = r.json()
-        team.wait("member", env["id"], {"running"})
-        first = eventually(lambda: _balance(team) < 0 and _balance(team), within=60)
-        second = eventually(lambda: _balance(team) < first and _balance(team), within=90)
-        assert second < first < 0
-        r = team.env("member", f"/{env['id']}/stop", method="POST")
-        assert r.status_code == 202, r.text
-        team.wait("member", env["id"], {"stopped"})
-        settled = eventually(lambda: [r for r in _records(team) if r["final"]], within=60)
-        assert settled[0]["resource_type"] == "environment" and settled[0]["resource_id"] == env["id"]
-        assert settled[0]["gpus"] == 1 and settled[0]["gpu_type"] == "a100"
-        after = _balance(team)
-        time.sleep(8)  # two more ingests: a stopped environment costs nothing more
-        assert _balance(team) == after == -Decimal(settled[0]["amount"])
