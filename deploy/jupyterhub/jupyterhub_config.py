@@ -29,6 +29,7 @@ proxy named in its pid file and starts its own, then puts every running server's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -61,10 +62,8 @@ def _secret_file(path: Path) -> str:
     if not path.exists():
         old_umask = os.umask(0o077)
         try:
-            with path.open("x") as f:
+            with contextlib.suppress(FileExistsError), path.open("x") as f:  # another start may make it first
                 f.write(secrets.token_hex(32) + "\n")
-        except FileExistsError:
-            pass  # another start made it meanwhile
         finally:
             os.umask(old_umask)
     return path.read_text().strip()
