@@ -41,7 +41,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Literal
@@ -58,6 +58,8 @@ from gateway.db.base import utcnow
 from gateway.db.session import Database
 from gateway.environments.models import EnvironmentEvent, PortMapping
 from gateway.errors import GatewayError
+from gateway.jobs import events
+from gateway.jobs.service import FINAL_STATES
 
 log = structlog.get_logger("gateway.environments.ports")
 
@@ -243,6 +245,17 @@ def release_for_job(session: Session, job_id: str, reason: str) -> list[PortMapp
         execution_options=_RETURNED,
     ).all()
     return _release(session, list(released), "session")
+
+
+@events.in_transaction
+def release_ended(session: Session, changes: Sequence[events.StateChange]) -> None:
+    """The live mappings of sessions whose jobs have just ended, released with the change that ends them."""
+    ended = [c.job_id for c in changes if c.new in FINAL_STATES]
+    if not ended:
+        return
+    live = select(PortMapping.job_id).where(PortMapping.job_id.in_(ended), PortMapping.released_at.is_(None))
+    for job_id in set(session.scalars(live)):
+        release_for_job(session, job_id, "session ended")
 
 
 def release_idle(session: Session, now: datetime) -> list[PortMapping]:

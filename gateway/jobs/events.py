@@ -3,6 +3,9 @@
 The table is the record other domains rely on (billing, environments): a change is in it if and only if the
 transaction that made it committed, so a crash loses none and a retry adds none. Listeners are the fast
 path for the process that made the change; a listener that fails is logged and does not undo anything.
+What must change with the job, in the same commit, is an ``in_transaction`` hook instead (environments: the
+port mappings of a session that ended are released by the transaction that ends it, so no one reads a stopped
+environment whose ports are still live).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ class StateChange(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Listener = Callable[[StateChange], Awaitable[None]]
+InTransaction = Callable[[Session, Sequence[StateChange]], None]
+_IN_TRANSACTION: list[InTransaction] = []
+
+
+def in_transaction(hook: InTransaction) -> InTransaction:
+    """Register ``hook`` (a decorator): ``write`` runs it in every transaction that records job changes."""
+    if hook not in _IN_TRANSACTION:
+        _IN_TRANSACTION.append(hook)
+    return hook
 
 
 def write(session: Session, changes: Sequence[StateChange]) -> None:
@@ -52,6 +64,8 @@ def write(session: Session, changes: Sequence[StateChange]) -> None:
         for c in changes
     ]
     session.execute(_INSERT, rows if len(rows) > 1 else rows[0])
+    for hook in _IN_TRANSACTION:
+        hook(session, changes)
 
 
 async def notify(listeners: Sequence[Listener], changes: Sequence[StateChange]) -> None:
