@@ -258,7 +258,7 @@ def _show_job(cluster: Cluster, job_id: int) -> dict[str, str]:
     fields = {key: value for key, value in re.findall(r"(\S+?)=(\S*)", line) if key not in _VOLATILE}
     for key in ("StdOut", "StdErr", "StdIn", "Dependency"):
         if key in fields:
-            fields[key] = re.sub(rf"(?<![0-9]){job_id}(?![0-9])", "ID", fields[key])
+            fields[key] = re.sub(rf"(?<![0-9A-Za-z]){job_id}(?![0-9A-Za-z])", "ID", fields[key])  # not in a user name
     return fields
 
 
