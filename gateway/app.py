@@ -21,6 +21,7 @@ from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.billing.controller import BillingController, PriceController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
+from gateway.datasets.controller import StorageSourceController
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
 from gateway.environments.controller import EnvironmentController, SessionCallbackController
@@ -55,6 +56,7 @@ CONTROLLERS = [
     TensorBoardController,
     ClusterController,
     PriceController,
+    StorageSourceController,
     BillingController,
 ]
 

@@ -104,6 +104,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     billing_suspend_jobs: Literal["finish", "cancel"] = "finish"
     """What suspension does to running training jobs (running environments are always stopped)."""
 
+    secret_keys: str | None = None
+    """Keys that encrypt secrets at rest (storage sources' keys): base64 32-byte AES keys, newest first, separated
+    by commas; the first encrypts, all decrypt (rotation: gateway.crypto). None: no storage source can be added."""
+    storage_health_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 30.0
+    """How often the worker checks each enabled storage source (a HEAD of its bucket: status, latency, error)."""
+    storage_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    """Connect and read timeout of the gateway's own S3 calls (health checks, multipart bookkeeping)."""
+
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:
             raise ValueError("slurm_backend 'rest' needs slurmrestd_url")
@@ -123,6 +131,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     def __repr__(self) -> str:
         fields = {f: getattr(self, f) for f in self.__struct_fields__}
         fields["database_url"] = self.database_url_redacted
+        if self.secret_keys:
+            fields["secret_keys"] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 

@@ -75,6 +75,12 @@ class Conflict(GatewayError):
     status, kind, title = 409, "conflict", "Conflict"
 
 
+class Unavailable(GatewayError):
+    """What the request needs is not configured or not reachable (e.g. no ``secret_keys`` to seal keys with)."""
+
+    status, kind, title = 503, "unavailable", "Service unavailable"
+
+
 _HTTP_KINDS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
@@ -86,6 +92,7 @@ _HTTP_KINDS = {
     413: ("payload-too-large", "Request body too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
     429: ("too-many-requests", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
 }
 
 _BACKTICK = re.compile(r"`([^`]+)`")

@@ -3,8 +3,9 @@
 The jobs loop polls every job of the cluster with one ``squeue``, then releases the port mappings of sessions
 that ended and of those that saw no traffic for their ``auto_release_hours``; the accounts loop reconciles
 accounts, associations and GrpTRES with workspaces, members, quotas and billing blocks; the billing loop
-ingests Slurm's accounting every ``billing_interval_seconds`` (gateway.billing.loop). A failed cycle is logged
-and the next one starts from the database again.
+ingests Slurm's accounting every ``billing_interval_seconds`` (gateway.billing.loop); the storage loop checks
+each enabled storage source every ``storage_health_interval_seconds`` (gateway.datasets.sources). A failed
+cycle is logged and the next one starts from the database again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import structlog
 
 from gateway.billing.loop import Billing
 from gateway.config import Settings
+from gateway.datasets import sources
 from gateway.db.session import Database
 from gateway.environments.ports import release_idle_mappings
 from gateway.environments.service import release_ended_sessions
@@ -45,11 +47,13 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
         if once:
             await cycle(poller, accounts, database)
             await billing.cycle()
+            await sources.check(database, settings)
             return
         await asyncio.gather(
             _every(settings.poll_interval_seconds, "jobs", lambda: poll_jobs(poller, database)),
             _every(settings.poll_interval_seconds, "accounts", lambda: sync_accounts(accounts)),
             _every(settings.billing_interval_seconds, "billing", billing.cycle),
+            _every(settings.storage_health_interval_seconds, "storage", lambda: sources.check(database, settings)),
         )
     finally:
         await slurm.close()

@@ -4,6 +4,7 @@ from gateway.accounts.models import ApiToken, SshKey, User
 from gateway.audit.models import AuditEntry
 from gateway.billing.models import Balance, IngestCursor, LedgerEntry, Price, UsageRecord
 from gateway.cluster.models import ClusterSnapshot
+from gateway.datasets.models import StorageSource
 from gateway.db.base import Base
 from gateway.environments.models import Environment, EnvironmentEvent, EnvironmentSession, PortMapping
 from gateway.jobs.models import TrainingJob
@@ -25,6 +26,7 @@ __all__ = [
     "Price",
     "Quota",
     "SshKey",
+    "StorageSource",
     "TrainingJob",
     "UsageRecord",
     "User",

@@ -1,0 +1,1 @@
+"""Datasets and models: storage sources, versions, uploads, replicas, sync, routing."""
