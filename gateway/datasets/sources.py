@@ -225,14 +225,22 @@ async def check(database: Database, settings: Settings, only: str | None = None)
         except SecretKeyError as exc:
             results = [Health("down", None, str(exc)) for _ in sources]
         else:
-            results = list(
-                await asyncio.gather(*(asyncio.to_thread(probe, source, keys, settings) for source in sources))
-            )
+            results = list(await asyncio.gather(*(_bounded_probe(source, keys, settings) for source in sources)))
         now = utcnow()
         for source, result in zip(sources, results, strict=True):
             _record_health(source, result, now)
         await session.commit()
         return sources
+
+
+async def _bounded_probe(source: StorageSource, keys: KeyRing, settings: Settings) -> Health:
+    """``probe`` in a thread, its answer awaited for ``storage_timeout_seconds`` at most (the SDK's own timeouts
+    apply per attempt and connection; a store that takes longer is down for this check)."""
+    limit = settings.storage_timeout_seconds
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(probe, source, keys, settings), timeout=limit)
+    except TimeoutError:
+        return Health("down", None, f"no answer within {limit:g} s")
 
 
 def _record_health(source: StorageSource, result: Health, now: datetime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import pwd
@@ -55,6 +56,32 @@ class Cluster(msgspec.Struct, frozen=True):
         command = ["runuser", "-u", user, "--", *argv] if user else list(argv)
         env = {"PATH": os.environ["PATH"], "SLURM_CONF": self.conf}
         return subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+
+    def add_member(self, user: str, account: str) -> None:
+        """The account and the user's association with it, added until slurmdbd keeps them (it drops some of
+        concurrent adds: slurm.client.until_kept), then known to slurmctld (``wait_association``)."""
+        for attempt in range(8):
+            self.run("sacctmgr", "-i", "add", "account", account)
+            self.run("sacctmgr", "-i", "add", "user", user, f"account={account}")
+            listed = self.run(
+                "sacctmgr", "-n", "-P", "list", "assoc", f"user={user}", f"account={account}", "format=user"
+            )
+            if listed.strip():
+                break
+            time.sleep(0.1 * 2**attempt)
+        self.wait_association(user, account)
+
+    def wait_association(self, user: str, account: str, timeout: float = 20) -> None:
+        """Until slurmctld's association manager has the association: a job submitted before that is held with
+        reason InvalidAccount for a moment (seen beside other workers' association changes)."""
+        deadline = time.monotonic() + timeout
+        wanted = f"Account={account} UserName={user}("
+        while wanted not in self.run(
+            "scontrol", "show", "assoc_mgr", f"users={user}", f"accounts={account}", "flags=assoc"
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"slurmctld does not know {user}'s association with {account}")
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -235,6 +262,8 @@ def gateway(
         REMOTEGPU_PORT_RANGE_END=str(ports + 99),
         REMOTEGPU_SESSION_SUPERVISOR=str(user_venv() / "bin" / "remotegpu-session"),
         XDG_CONFIG_HOME=str(tmp_path / "config"),
+        REMOTEGPU_SECRET_KEYS=base64.b64encode(os.urandom(32)).decode(),  # storage sources' keys
+        REMOTEGPU_STORAGE_TIMEOUT_SECONDS="3",
     )
     env.update(gateway_env)
     gateway = Gateway(env, tmp_path).start()

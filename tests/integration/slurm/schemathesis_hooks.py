@@ -47,7 +47,13 @@ PRICES = (
     r"valid_from needs a time zone offset",
 )
 TOPUPS = (r"an adjustment cannot be zero", r"a (topup|credit|refund) must be positive", r"amount too large")
+STORAGE_SOURCES = (  # S3's bucket rules beyond the pattern; a name already taken
+    r"a bucket name has no '\.\.', '\.-' or '-\.'",
+    r"a bucket name is not an IP address",
+    r"storage source .+ already exists",
+)
 STATEFUL: dict[str, tuple[str, ...]] = {
+    "POST /api/v1/storage-sources": STORAGE_SOURCES,
     "POST /api/v1/prices": PRICES,
     "POST /api/v1/workspaces/{ws}/billing/topups": TOPUPS,
     "GET /api/v1/workspaces/{ws}/billing/records": DATES,

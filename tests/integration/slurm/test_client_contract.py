@@ -33,10 +33,6 @@ from slurm.tokens import SignedTokens, TokenCache
 from tests.integration.slurm.conftest import Cluster, PosixUserFactory, home_of
 from tests.integration.slurm.test_sbatch_parity import CORPUS
 
-# alone: beside another worker's association changes, these checks of Slurm's accounting failed once each (an
-# association just added not listed; a held job's reason InvalidAccount for a moment)
-pytestmark = pytest.mark.serial
-
 
 @pytest.fixture(params=["cli", "rest"])
 def client(request: pytest.FixtureRequest) -> SlurmClient:
@@ -66,17 +62,18 @@ def _sleeper(user: str, account: str, **options: str | None) -> Submission:
     )
 
 
-async def _member(client: SlurmClient, posix_user: PosixUserFactory, account: str) -> str:
+async def _member(client: SlurmClient, posix_user: PosixUserFactory, account: str, cluster: Cluster) -> str:
     user = posix_user()
     await client.ensure_account(account, description="contract test")
     await client.ensure_association(user, account)
+    await asyncio.to_thread(cluster.wait_association, user, account)
     return user
 
 
 async def test_submit_as_the_user_with_a_typed_gpu(
-    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    user = await _member(client, posix_user, slurm_account)
+    user = await _member(client, posix_user, slurm_account, slurm_cluster)
     home = home_of(user)
     started = datetime.now(UTC) - timedelta(seconds=5)
     script = "#!/bin/bash\necho user=$(id -un) gpus=$CUDA_VISIBLE_DEVICES node=$SLURMD_NODENAME\n"
@@ -112,8 +109,10 @@ async def test_submit_as_the_user_with_a_typed_gpu(
     assert record.allocated.get("gres/gpu") == 1 and record.end_time is not None
 
 
-async def test_refusals_are_typed(client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str) -> None:
-    user = await _member(client, posix_user, slurm_account)
+async def test_refusals_are_typed(
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
+) -> None:
+    user = await _member(client, posix_user, slurm_account, slurm_cluster)
     base = Submission(user=user, account=slurm_account, script="#!/bin/bash\ntrue\n", work_dir=home_of(user))
     with pytest.raises(InvalidAccount) as err:
         await client.submit(replace(base, account="no-such-account"))
@@ -131,10 +130,10 @@ async def test_refusals_are_typed(client: SlurmClient, posix_user: PosixUserFact
 
 
 async def test_hold_release_cancel_and_only_the_owner_may(
-    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    owner = await _member(client, posix_user, slurm_account)
-    other = await _member(client, posix_user, slurm_account)
+    owner = await _member(client, posix_user, slurm_account, slurm_cluster)
+    other = await _member(client, posix_user, slurm_account, slurm_cluster)
     job_id = await client.submit(_sleeper(owner, slurm_account, hold=None))
     held = await _wait_for(client, job_id, {JobState.PENDING})
     assert held.reason in ("JobHeldUser", "JobHeldAdmin")
@@ -147,9 +146,9 @@ async def test_hold_release_cancel_and_only_the_owner_may(
 
 
 async def test_accounts_associations_and_limits(
-    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    user = await _member(client, posix_user, slurm_account)
+    user = await _member(client, posix_user, slurm_account, slurm_cluster)
     await client.ensure_account(slurm_account)  # idempotent
     await client.ensure_association(user, slurm_account)
     await client.set_account_limits(slurm_account, {"gres/gpu": 2, "cpu": 4})
@@ -178,9 +177,9 @@ async def test_concurrent_associations_are_all_kept(
 
 
 async def test_grptres_makes_over_quota_work_pend(
-    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    user = await _member(client, posix_user, slurm_account)
+    user = await _member(client, posix_user, slurm_account, slurm_cluster)
     await client.set_account_limits(slurm_account, {"gres/gpu": 1})
     job_id = await client.submit(_sleeper(user, slurm_account, gres="gpu:a100:2"))
     for _ in range(40):  # the reason appears once the scheduler has looked at the job
@@ -199,10 +198,10 @@ def test_squeue_sees_every_users_jobs_in_one_call(slurm_cluster: Cluster) -> Non
 
 
 async def test_hold_and_release_by_the_owner_only(
-    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    client: SlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    owner = await _member(client, posix_user, slurm_account)
-    other = await _member(client, posix_user, slurm_account)
+    owner = await _member(client, posix_user, slurm_account, slurm_cluster)
+    other = await _member(client, posix_user, slurm_account, slurm_cluster)
     # over the account's GPU limit, so that it stays pending whatever the other tests run
     await client.set_account_limits(slurm_account, {"gres/gpu": 0})
     job_id = await client.submit(_sleeper(owner, slurm_account, gres="gpu:a100:1"))
@@ -314,7 +313,7 @@ async def test_one_submission_makes_the_same_job_through_both_backends(
     posix_user: PosixUserFactory,
     slurm_account: str,
 ) -> None:
-    user = await _member(cli_client, posix_user, slurm_account)
+    user = await _member(cli_client, posix_user, slurm_account, slurm_cluster)
     script, options = SUBMISSIONS[name]
     submission = Submission(
         user=user, account=slurm_account, script=script, work_dir=home_of(user), options={**options, "hold": None}
@@ -341,8 +340,9 @@ async def test_one_submission_gives_the_job_the_same_environment_through_both_ba
     rest_client: RestSlurmClient,
     posix_user: PosixUserFactory,
     slurm_account: str,
+    slurm_cluster: Cluster,
 ) -> None:
-    user = await _member(cli_client, posix_user, slurm_account)
+    user = await _member(cli_client, posix_user, slurm_account, slurm_cluster)
     home = home_of(user)
     options: dict[str, str | None] = {"job-name": "env", "output": f"{home}/env-%j.out"}
     if export is not None:
@@ -367,9 +367,13 @@ async def test_one_submission_gives_the_job_the_same_environment_through_both_ba
 
 
 async def test_both_backends_report_the_same_jobs_and_accounting(
-    cli_client: CliSlurmClient, rest_client: RestSlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    cli_client: CliSlurmClient,
+    rest_client: RestSlurmClient,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    slurm_cluster: Cluster,
 ) -> None:
-    user = await _member(cli_client, posix_user, slurm_account)
+    user = await _member(cli_client, posix_user, slurm_account, slurm_cluster)
     started = datetime.now(UTC) - timedelta(seconds=5)
     base = Submission(user=user, account=slurm_account, script="#!/bin/bash\nexit 3\n", work_dir=home_of(user))
     finished = await rest_client.submit(replace(base, options={"gres": "gpu:1", "comment": "rgpu:done"}))
@@ -409,9 +413,9 @@ async def test_both_backends_report_the_same_jobs_and_accounting(
 
 
 async def test_rest_refuses_directives_it_cannot_pass_on(
-    rest_client: RestSlurmClient, posix_user: PosixUserFactory, slurm_account: str
+    rest_client: RestSlurmClient, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
 ) -> None:
-    user = await _member(rest_client, posix_user, slurm_account)
+    user = await _member(rest_client, posix_user, slurm_account, slurm_cluster)
     script = "#!/bin/bash\n#SBATCH --bb=x --time=5\n#SBATCH --workspace=ml\ntrue\n"
     before = {j.job_id for j in await rest_client.jobs()}
     with pytest.raises(SubmitRejected, match="--bb, --workspace"):
@@ -425,7 +429,7 @@ async def test_rest_with_tokens_signed_here(
     """No ``scontrol`` needed where the gateway holds the cluster's JWT key."""
     tokens = TokenCache(SignedTokens.from_file(str(slurm_cluster.jwt_key)), lifespan=120, margin=30)
     async with RestSlurmClient(slurm_cluster.rest_url, tokens=tokens, limits=cli_client) as client:
-        user = await _member(client, posix_user, slurm_account)
+        user = await _member(client, posix_user, slurm_account, slurm_cluster)
         job_id = await client.submit(_sleeper(user, slurm_account, hold=None))
         assert (await _wait_for(client, job_id, {JobState.PENDING})).user == user
         await client.cancel(job_id, user=user)

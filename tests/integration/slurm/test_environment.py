@@ -86,7 +86,7 @@ async def test_the_job_gets_the_environment_raw_sbatch_gives_it(
     posix_user: PosixUserFactory,
     slurm_account: str,
 ) -> None:
-    user = await _member(cli_client, posix_user, slurm_account)
+    user = await _member(cli_client, posix_user, slurm_account, slurm_cluster)
     home = home_of(user)
     env = _submitter_env(user, home)
     options = {"job-name": "env", "output": f"{home}/env-%j.out", "chdir": home}
@@ -131,7 +131,7 @@ async def test_runuser_gives_sbatch_the_submitters_environment_too(
 ) -> None:
     """runuser (with its PAM session) resets nothing the reader gives sbatch: it comes on stdin."""
     client = CliSlurmClient(slurm_conf=slurm_cluster.conf, run_as="runuser", timeout=30)
-    user = await _member(client, posix_user, slurm_account)
+    user = await _member(client, posix_user, slurm_account, slurm_cluster)
     home = home_of(user)
     submission = Submission(
         user=user,

@@ -37,10 +37,6 @@ import pytest
 from tests import cli_runner
 from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory, home_of
 
-# alone: beside another worker's association changes, these checks of Slurm's accounting failed once each (an
-# association just added not listed; a held job's reason InvalidAccount for a moment)
-pytestmark = pytest.mark.serial
-
 REPO = Path(__file__).resolve().parents[3]
 CORPUS_DIR = Path(__file__).with_name("corpus")
 SCRIPTS = {path.stem: path.read_text() for path in sorted(CORPUS_DIR.glob("*.sbatch"))}
@@ -247,8 +243,7 @@ def submitter(
     try:
         root = gateway.token("root", admin=True)
         gateway.token(user)
-        slurm_cluster.run("sacctmgr", "-i", "add", "account", account)
-        slurm_cluster.run("sacctmgr", "-i", "add", "user", user, f"account={account}")
+        slurm_cluster.add_member(user, account)
         r = httpx.post(
             gateway.url + "/api/v1/workspaces",
             headers={"Authorization": f"Bearer {root}"},

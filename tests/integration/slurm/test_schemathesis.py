@@ -38,6 +38,7 @@ REFUSED_BY_STATE = {
     "ApiV1WorkspacesWsBillingTopupsCreateTopup": ["400"],  # a sign that does not suit the kind
     "ApiV1WorkspacesWsBillingRecordsListRecords": ["400"],  # a date-time the pattern passes and no calendar has
     "ApiV1WorkspacesWsBillingReportGetReport": ["400"],  # the same; 'to' before 'from'
+    "ApiV1StorageSourcesCreateStorageSource": ["400"],  # S3's bucket rules beyond the pattern
 }
 """Operations whose schema-valid requests may be refused for the state the gateway and the cluster are in (or a
 rule across fields JSON Schema cannot state); the hooks' check holds each such 400 to a rule it names."""
