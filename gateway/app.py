@@ -21,7 +21,7 @@ from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.billing.controller import BillingController, PriceController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
-from gateway.datasets.controller import StorageSourceController
+from gateway.datasets.controller import StorageSourceController, dataset_controllers
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
 from gateway.environments.controller import EnvironmentController, SessionCallbackController
@@ -116,7 +116,7 @@ def create_app(
     )
     allow: dict[str, str] = {}
     app = Litestar(
-        route_handlers=[healthz, readyz, MetricsController, docs_asset, *CONTROLLERS],
+        route_handlers=[healthz, readyz, MetricsController, docs_asset, *CONTROLLERS, *dataset_controllers(settings)],
         before_send=[partial(_complete_allow, allow)],
         dependencies=APP_DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -578,16 +578,21 @@ class RestSlurmClient:
         missing = [c for c in await self._all_clusters() if c not in have]
         if not missing:
             return
-        if not await self._exists(f"{_SLURMDB}/account/{account}", "accounts"):
-            record = {"name": account, "description": description or account, "organization": account}
-            await self._call("POST", f"{_SLURMDB}/accounts", body={"accounts": [record]})
-        rows = [{"account": account, "cluster": cluster, "parent_account": "root"} for cluster in missing]
-        await self._call("POST", f"{_SLURMDB}/associations", body={"associations": rows}, tolerate=(_NO_USER_FIELD,))
-        have = {a.cluster for a in await self.associations(account) if a.user is None and a.partition is None}
-        if not_added := [c for c in missing if c not in have]:
-            raise SlurmError(
-                f"slurmrestd did not add account {account!r} on cluster(s) {', '.join(not_added)}", command="slurmdbd"
+
+        async def add() -> None:
+            if not await self._exists(f"{_SLURMDB}/account/{account}", "accounts"):
+                record = {"name": account, "description": description or account, "organization": account}
+                await self._call("POST", f"{_SLURMDB}/accounts", body={"accounts": [record]})
+            rows = [{"account": account, "cluster": cluster, "parent_account": "root"} for cluster in missing]
+            await self._call(
+                "POST", f"{_SLURMDB}/associations", body={"associations": rows}, tolerate=(_NO_USER_FIELD,)
             )
+
+        async def kept() -> bool:
+            have = {a.cluster for a in await self.associations(account) if a.user is None and a.partition is None}
+            return all(c in have for c in missing)
+
+        await until_kept(add, kept, f"the account {account!r}")
 
     async def ensure_association(self, user: str, account: str) -> None:
         """``user`` in ``account`` wherever the account is (as ``sacctmgr add user U Account=A``); idempotent."""

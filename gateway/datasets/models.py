@@ -1,13 +1,18 @@
-"""The datasets domain's tables: the S3 stores the site configures (storage sources)."""
+"""The datasets domain's tables: the S3 stores the site configures (storage sources), datasets and models, their
+versions with each one's manifest (path, size, our SHA-256), open multipart uploads, and replicas per store."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, TimestampMixin
+from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
+
+LIVE = text("deleted_at IS NULL")
+OPEN = text("status = 'open'")
 
 SOURCE_TYPES = ("minio", "oss", "s3", "rustfs", "generic")
 HEALTH = ("ok", "degraded", "down", "unknown")
@@ -40,3 +45,105 @@ class StorageSource(TimestampMixin, Base):
     latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     checked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+DATASET = "dataset"
+MODEL = "model"
+KINDS = (DATASET, MODEL)
+UPLOADING, READY, SYNCING, ERROR = "uploading", "ready", "syncing", "error"
+
+
+class Dataset(TimestampMixin, SoftDeleteMixin, Base):
+    """A dataset or model of a workspace: its name and description; its files are in its versions."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        Index(
+            "uq_datasets_name_live",
+            "workspace_id",
+            "kind",
+            "name",
+            unique=True,
+            sqlite_where=LIVE,
+            postgresql_where=LIVE,
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    shared_with: Mapped[list[int]] = mapped_column(JSON, default=list)
+    """Ids of workspaces that may read it (read-only)."""
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+class DatasetVersion(TimestampMixin, Base):
+    """One immutable set of files once ``ready``; its objects live under ``prefix`` in every replica's store."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (Index("uq_dataset_versions_number", "dataset_id", "version", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=UPLOADING)
+    primary_source_id: Mapped[int] = mapped_column(ForeignKey("storage_sources.id"))
+    prefix: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class DatasetFile(Base):
+    """The manifest: one completed object of a version, with the checksum the uploader computed (also in the
+    object's metadata, ``x-amz-meta-sha256``: replicas are compared by it, never by ETag)."""
+
+    __tablename__ = "dataset_files"
+    __table_args__ = (Index("uq_dataset_files_path", "version_id", "path", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Upload(TimestampMixin, Base):
+    """One multipart upload of one file to the version's primary store (S3's upload id kept to resume it)."""
+
+    __tablename__ = "dataset_uploads"
+    __table_args__ = (
+        Index("uq_dataset_uploads_open", "version_id", "path", unique=True, sqlite_where=OPEN, postgresql_where=OPEN),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    part_size: Mapped[int] = mapped_column(BigInteger)
+    s3_upload_id: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+class Replica(TimestampMixin, Base):
+    """A version's copy in one store: ``ready`` once every file of the manifest is there with its checksum."""
+
+    __tablename__ = "dataset_replicas"
+    __table_args__ = (Index("uq_dataset_replicas", "version_id", "source_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("storage_sources.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=UPLOADING)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    synced_at: Mapped[datetime | None] = mapped_column(default=None)

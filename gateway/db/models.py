@@ -4,7 +4,7 @@ from gateway.accounts.models import ApiToken, SshKey, User
 from gateway.audit.models import AuditEntry
 from gateway.billing.models import Balance, IngestCursor, LedgerEntry, Price, UsageRecord
 from gateway.cluster.models import ClusterSnapshot
-from gateway.datasets.models import StorageSource
+from gateway.datasets.models import Dataset, DatasetFile, DatasetVersion, Replica, StorageSource, Upload
 from gateway.db.base import Base
 from gateway.environments.models import Environment, EnvironmentEvent, EnvironmentSession, PortMapping
 from gateway.jobs.models import TrainingJob
@@ -16,6 +16,9 @@ __all__ = [
     "Balance",
     "Base",
     "ClusterSnapshot",
+    "Dataset",
+    "DatasetFile",
+    "DatasetVersion",
     "Environment",
     "EnvironmentEvent",
     "EnvironmentSession",
@@ -25,9 +28,11 @@ __all__ = [
     "PortMapping",
     "Price",
     "Quota",
+    "Replica",
     "SshKey",
     "StorageSource",
     "TrainingJob",
+    "Upload",
     "UsageRecord",
     "User",
     "Workspace",
