@@ -116,6 +116,8 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
         yield 409  # the state does not allow it (duplicate name, last owner, a job that has ended, ...)
     if path.endswith("/tensorboard"):
         yield 502  # the environment's TensorBoard is not running or does not answer
+    if "/uploads" in path or path.endswith("/download-url"):
+        yield 502  # the storage source failed what the gateway asked of it
     if any(p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key" for p in parameters):
         yield 422  # an Idempotency-Key reused with a different body
     if body:

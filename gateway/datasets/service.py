@@ -55,7 +55,7 @@ from gateway.datasets.schemas import (
     VersionOut,
 )
 from gateway.db.base import utcnow
-from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound, Unavailable
+from gateway.errors import Conflict, Forbidden, GatewayError, InvalidInput, NotFound
 from gateway.schemas import Page, Pagination
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Role, Workspace
@@ -276,8 +276,8 @@ class DatasetService:
     ) -> tuple[UploadOut, bool]:
         """(the upload, whether it is new). The same path, size and checksum again resumes the open upload (or
         answers that the file is done); another file at that path replaces it."""
-        check_path(data.path)
         _, version = await self._writable_version(session, access, dataset_id, number)
+        check_path(data.path)
         self._require_uploading(version)
         done = await session.scalar(
             select(DatasetFile).where(DatasetFile.version_id == version.id, DatasetFile.path == data.path)
@@ -425,8 +425,8 @@ class DatasetService:
         self, session: AsyncSession, access: WorkspaceAccess, dataset_id: str, number: int, path: str
     ) -> DownloadOut:
         """A presigned GET of one file from the replica routing picks for the caller (short-lived)."""
-        check_path(path)
         dataset, version = await self._readable_version(session, access, dataset_id, number)
+        check_path(path)
         if version.status != READY:
             raise Conflict(f"version {number} is not ready", field="version")
         if (
@@ -547,7 +547,7 @@ class DatasetService:
         )
         ROUTED.labels("upload").inc()
         if not decision.order:
-            raise Unavailable("no storage source can take uploads now (none enabled and up)")
+            raise Conflict("no storage source can take uploads now (none enabled and up): ask an admin", field="source")
         chosen = decision.order[0].source_id
         if wanted is not None and by_name[wanted].id != chosen:
             raise InvalidInput(f"storage source {wanted!r} is down", field="source")
@@ -574,7 +574,7 @@ class DatasetService:
         )
         ROUTED.labels("read").inc()
         if not decision.order:
-            raise Unavailable("no replica of this version is in an enabled storage source")
+            raise Conflict("no replica of this version is in an enabled storage source: ask an admin", field="version")
         chosen = decision.order[0].source_id
         return next(s for s in rows if s.id == chosen)
 
@@ -651,7 +651,7 @@ class DatasetService:
     async def _source(session: AsyncSession, source_id: int) -> StorageSource:
         source = await session.get(StorageSource, source_id)
         if source is None:
-            raise Unavailable("the version's storage source was removed")
+            raise Conflict("the version's storage source was removed: ask an admin", field="version")
         return source
 
     async def _out(self, session: AsyncSession, dataset: Dataset) -> DatasetOut:

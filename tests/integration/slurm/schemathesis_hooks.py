@@ -52,7 +52,20 @@ STORAGE_SOURCES = (  # S3's bucket rules beyond the pattern; a name already take
     r"a bucket name is not an IP address",
     r"storage source .+ already exists",
 )
+DATASETS = (  # what the state decides: workspaces to share with, the version's paths
+    r"no workspace .+",
+    r"a relative path without empty, '\.' or '\.\.' segments",
+)
 STATEFUL: dict[str, tuple[str, ...]] = {
+    **{
+        f"{method} /api/v1/workspaces/{{ws}}/{kind}s/{{dataset_id}}{tail}": DATASETS
+        for kind in ("dataset", "model")
+        for method, tail in (
+            ("PATCH", ""),
+            ("POST", "/versions/{version}/uploads"),
+            ("GET", "/versions/{version}/download-url"),
+        )
+    },
     "POST /api/v1/storage-sources": STORAGE_SOURCES,
     "POST /api/v1/prices": PRICES,
     "POST /api/v1/workspaces/{ws}/billing/topups": TOPUPS,

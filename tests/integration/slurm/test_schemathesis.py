@@ -39,6 +39,11 @@ REFUSED_BY_STATE = {
     "ApiV1WorkspacesWsBillingRecordsListRecords": ["400"],  # a date-time the pattern passes and no calendar has
     "ApiV1WorkspacesWsBillingReportGetReport": ["400"],  # the same; 'to' before 'from'
     "ApiV1StorageSourcesCreateStorageSource": ["400"],  # S3's bucket rules beyond the pattern
+    **{
+        f"ApiV1WorkspacesWs{kind}DatasetId{op}": ["400"]  # workspaces to share with; the paths of a version
+        for kind in ("Datasets", "Models")
+        for op in ("Update", "VersionsUploadsStartUpload", "VersionsDownloadUrlDownloadUrl")
+    },
 }
 """Operations whose schema-valid requests may be refused for the state the gateway and the cluster are in (or a
 rule across fields JSON Schema cannot state); the hooks' check holds each such 400 to a rule it names."""
@@ -84,8 +89,10 @@ def _schemathesis(
             # recursion depth mismatch, inside schemathesis, before any request)
             "--phases",
             "examples,fuzzing",
-            # it would end the run's own access (no parameter to point elsewhere); its answers are tested elsewhere
-            *_excluded("ApiV1AuthTokensRevokeCurrentToken"),
+            # it would end the run's own access (no parameter to point elsewhere); its answers are tested elsewhere;
+            # a storage source at a random endpoint makes every upload to it a 502 (the store fails: correct, and
+            # tested against real stores in tests/integration/s3)
+            *_excluded("ApiV1AuthTokensRevokeCurrentToken", "ApiV1StorageSourcesCreateStorageSource"),
             "--max-time",
             "50",
             "--request-timeout",
