@@ -104,6 +104,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     billing_suspend_jobs: Literal["finish", "cancel"] = "finish"
     """What suspension does to running training jobs (running environments are always stopped)."""
 
+    storage_billing_copies: Literal["primary", "all"] = "primary"
+    """What a workspace's storage is charged for each day: each version once, or once per ready replica."""
     secret_keys: str | None = None
     """Keys that encrypt secrets at rest (storage sources' keys): base64 32-byte AES keys, newest first, separated
     by commas; the first encrypts, all decrypt (rotation: gateway.crypto). None: no storage source can be added."""

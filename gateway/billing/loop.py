@@ -1,16 +1,17 @@
-"""The worker's billing cycle: ingest accounting (charging running work), then move workspaces between active,
-overdue and suspended, and stop what a suspension stops."""
+"""The worker's billing cycle: ingest accounting (charging running work), charge yesterday's storage once, then
+move workspaces between active, overdue and suspended, and stop what a suspension stops."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import partial
 
 import structlog
 from sqlalchemy import select
 
 from gateway.actor import Actor
+from gateway.billing import storage
 from gateway.billing.ingest import Ingest, IngestResult
 from gateway.billing.service import BILLING, settle_states
 from gateway.config import Settings
@@ -34,10 +35,25 @@ class Billing:
         self.jobs = jobs
         self.environments = EnvironmentService(database, settings, jobs)
         self.ingest = Ingest(database, jobs.slurm, overlap=timedelta(minutes=settings.billing_overlap_minutes))
+        self._storage_charged: date | None = None
+
+    async def charge_storage(self) -> int:
+        """Yesterday's (UTC) storage, once: keys make a repeat a no-op; this process skips it once done."""
+        yesterday = utcnow().date() - timedelta(days=1)
+        if self._storage_charged == yesterday:
+            return 0
+        charged = await self.database.run(
+            partial(storage.charge_day, day=yesterday, copies=self.settings.storage_billing_copies)
+        )
+        self._storage_charged = yesterday
+        if charged:
+            log.info("storage_charged", day=yesterday.isoformat(), workspaces=charged)
+        return charged
 
     async def cycle(self) -> IngestResult | None:
         """One ingest, then the workspaces' states; returns the ingest's result (None: another worker's turn)."""
         result = await self.ingest.run_once()
+        await self.charge_storage()
         grace = timedelta(hours=self.settings.billing_grace_hours)
         suspended = await self.database.run(partial(_settle_all, grace))
         if suspended:
