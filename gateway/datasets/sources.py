@@ -194,11 +194,13 @@ class Health(msgspec.Struct, frozen=True):
 
 def probe(source: StorageSource, keys: KeyRing, settings: Settings) -> Health:
     """One HEAD of the bucket (blocking: run in a thread)."""
-    started = time.perf_counter()
     try:
-        client(source, keys, settings).head_bucket(Bucket=source.bucket)
+        store = client(source, keys, settings)  # made once per key version: not part of the round trip
     except SecretKeyError as exc:
         return Health("down", None, f"its keys cannot be read: {exc}")
+    started = time.perf_counter()
+    try:
+        store.head_bucket(Bucket=source.bucket)
     except ClientError as exc:
         elapsed = (time.perf_counter() - started) * 1000
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
