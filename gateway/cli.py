@@ -955,5 +955,10 @@ from gateway.client.billing_commands import billing_group, price_group  # noqa: 
 main.add_command(billing_group)
 main.add_command(price_group)
 
+from gateway.client.data_commands import dataset_group, model_group  # noqa: E402 - as env_group above
+
+main.add_command(dataset_group)
+main.add_command(model_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
