@@ -21,7 +21,9 @@ from gateway.audit.controller import AuditController, WorkspaceAuditController
 from gateway.billing.controller import BillingController, PriceController
 from gateway.cluster.controller import ClusterController
 from gateway.config import Settings, load_settings
-from gateway.datasets.controller import StorageSourceController, dataset_controllers
+from gateway.datasets.controller import StageInController, StorageSourceController, dataset_controllers
+from gateway.datasets.stagein import StageInService
+from gateway.datasets.sync_controller import SYNC_CONTROLLERS
 from gateway.db.session import Database
 from gateway.dependencies import APP_DEPENDENCIES
 from gateway.environments.controller import EnvironmentController, SessionCallbackController
@@ -57,6 +59,8 @@ CONTROLLERS = [
     ClusterController,
     PriceController,
     StorageSourceController,
+    StageInController,
+    *SYNC_CONTROLLERS,
     BillingController,
 ]
 
@@ -79,6 +83,7 @@ def create_app(
 
     jobs = JobService(db, slurm, settings)
     environments = EnvironmentService(db, settings, jobs)
+    stage_in = StageInService(db, settings, jobs)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -122,7 +127,9 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[login_throttle.middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "database": db, "jobs": jobs, "environments": environments}),
+        state=State(
+            {"settings": settings, "database": db, "jobs": jobs, "environments": environments, "stage_in": stage_in}
+        ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=openapi_config(),

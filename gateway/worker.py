@@ -18,7 +18,8 @@ import structlog
 
 from gateway.billing.loop import Billing
 from gateway.config import Settings
-from gateway.datasets import sources
+from gateway.datasets import sources, sync
+from gateway.datasets.stagein import StageInService
 from gateway.db.session import Database
 from gateway.environments.ports import release_idle_mappings
 from gateway.environments.service import release_ended_sessions
@@ -40,6 +41,7 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
     """
     slurm = make_slurm_client(settings)
     jobs = JobService(database, slurm, settings)
+    StageInService(database, settings, jobs)  # what a resubmitted job fetches, and its token
     poller = Poller(database, slurm, jobs)  # it finishes what a crash left
     accounts = AccountSync(database, slurm)
     billing = Billing(database, settings, jobs)
@@ -48,12 +50,14 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
             await cycle(poller, accounts, database)
             await billing.cycle()
             await sources.check(database, settings)
+            await sync.run_due_tasks(database, settings)
             return
         await asyncio.gather(
             _every(settings.poll_interval_seconds, "jobs", lambda: poll_jobs(poller, database)),
             _every(settings.poll_interval_seconds, "accounts", lambda: sync_accounts(accounts)),
             _every(settings.billing_interval_seconds, "billing", billing.cycle),
             _every(settings.storage_health_interval_seconds, "storage", lambda: sources.check(database, settings)),
+            _every(settings.sync_interval_seconds, "sync", lambda: sync.run_due_tasks(database, settings, wait=False)),
         )
     finally:
         await slurm.close()

@@ -84,6 +84,21 @@ MailType = Literal[
 ]  # fmt: skip
 
 
+REFERENCE = re.compile(r"(?:[a-z][a-z0-9-]{1,30}[a-z0-9]/)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?::[1-9][0-9]{0,6})?")
+"""A dataset or model of the gateway in ``datasets``/``models``: ``NAME``, ``NAME:VERSION``, ``WORKSPACE/NAME[:V]``
+(one shared with the job's workspace); what is not an absolute path is one."""
+
+
+class StageIn(msgspec.Struct, frozen=True, kw_only=True):
+    """A mount the job fetches when it starts (a dataset or model version of the gateway), resolved at submission."""
+
+    slot: str
+    """``data-1``.. or ``pretrain``..: where it appears under the job's /gemini."""
+    reference: str
+    """What the request said (``imagenet:3``)."""
+    version_id: int
+
+
 class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     name: str
     command: list[str] | None = None
@@ -135,6 +150,8 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """Up to 3 absolute paths, mounted read-only at /gemini/data-1..3."""
     models: list[str] = msgspec.field(default_factory=list)
     """Up to 3 absolute paths, mounted read-only at /gemini/pretrain, pretrain2, pretrain3."""
+    stage_in: list[StageIn] = msgspec.field(default_factory=list)
+    """The references among ``datasets`` and ``models``, resolved by the gateway: fetched at the job's start."""
     code_dir: str | None = None
     output_dir: str | None = None
     work_dir: str | None = None
@@ -249,11 +266,15 @@ def _check_environment(spec: JobSpec) -> None:
 
 
 def _check_paths(spec: JobSpec) -> None:
-    for field, paths in (("datasets", spec.datasets), ("models", spec.models)):
+    staged = {s.slot for s in spec.stage_in}
+    for field, paths, slots in (("datasets", spec.datasets, DATASET_SLOTS), ("models", spec.models, MODEL_SLOTS)):
         if len(paths) > MAX_MOUNTS:
             raise ScriptError(field, f"at most {MAX_MOUNTS}")
         for i, path in enumerate(paths):
-            check_path(f"{field}[{i}]", path)
+            if path.startswith("/"):
+                check_path(f"{field}[{i}]", path)
+            elif not REFERENCE.fullmatch(path) or slots[i][0] not in staged:
+                raise ScriptError(f"{field}[{i}]", "an absolute path, or a dataset/model NAME[:VERSION] of the gateway")
     for field, value in (("code_dir", spec.code_dir), ("output_dir", spec.output_dir)):
         if value is not None:
             check_path(field, value)
@@ -426,8 +447,11 @@ def _directive_values(spec: JobSpec, ntasks_per_node: int | None, gres: str | No
 
 def _mounts(spec: JobSpec) -> list[_Mount]:
     mounts = [_Mount("code", "GEMINI_CODE", spec.code_dir, read_only=False)]
-    mounts += [_Mount(slot, var, src, True) for (slot, var), src in zip(DATASET_SLOTS, spec.datasets, strict=False)]
-    mounts += [_Mount(slot, var, src, True) for (slot, var), src in zip(MODEL_SLOTS, spec.models, strict=False)]
+    for slots, sources in ((DATASET_SLOTS, spec.datasets), (MODEL_SLOTS, spec.models)):
+        mounts += [
+            _Mount(slot, var, src if src.startswith("/") else None, True)  # a reference: filled by the stage-in
+            for (slot, var), src in zip(slots, sources, strict=False)
+        ]
     return [*mounts, _Mount("output", "GEMINI_DATA_OUT", spec.output_dir, read_only=False)]
 
 
@@ -546,14 +570,18 @@ def render(
     container_runtime: ContainerRuntime | None = None,
     sbatch_lines: bool = True,
     gemini_root: str = GEMINI,
+    stage_in: StageInProgram | None = None,
 ) -> str:
     """The whole batch script.
 
     ``sbatch_lines=False`` leaves out the ``#SBATCH`` header (tests run the body with bash); ``gemini_root``
-    is where the node's layout is looked for (tests point it at a temporary directory).
+    is where the node's layout is looked for (tests point it at a temporary directory); ``stage_in``: the
+    program that fetches ``spec.stage_in`` (needed when there is any).
     """
     validate(spec)
     check_path("gemini_root", gemini_root)
+    if spec.stage_in and stage_in is None:
+        raise ScriptError("datasets", "this gateway cannot fetch datasets into jobs (no stage-in program)")
     mounts = _mounts(spec)
     setup, run = _run_lines(spec, container_runtime, mounts)
     head = ["#!/bin/bash", *(directives(spec) if sbatch_lines else []), "# rendered by RemoteGPU Gateway", "set -e"]
@@ -562,4 +590,25 @@ def render(
     # This wrapper is a shell level the user's script does not have under plain sbatch: their program sees
     # the SHLVL slurmd gave the job, as it would there.
     shlvl = ['[ "${SHLVL-0}" -gt 0 ] 2>/dev/null && SHLVL=$((SHLVL - 1))']
-    return "\n".join([*head, *_layout(mounts, gemini_root), *env, *setup, *shlvl, "set +e", run]) + "\n"
+    staging = _stage_in_lines(spec, stage_in) if stage_in is not None else []
+    return "\n".join([*head, *_layout(mounts, gemini_root), *staging, *env, *setup, *shlvl, "set +e", run]) + "\n"
+
+
+class StageInProgram(msgspec.Struct, frozen=True):
+    """``remotegpu-stage-in`` as the nodes run it, and the gateway's URL as they reach it."""
+
+    command: str
+    gateway_url: str
+
+
+def _stage_in_lines(spec: JobSpec, program: StageInProgram) -> list[str]:
+    """Each referenced dataset or model fetched into its slot before the program runs; a failure ends the job
+    with EX_TEMPFAIL (75) and says which, in the job's error output."""
+    out = []
+    for item in spec.stage_in:
+        words = " ".join(
+            shlex.quote(w) for w in (program.command, "--gateway", program.gateway_url, "--slot", item.slot)
+        )
+        failed = shlex.quote(f"remotegpu: could not fetch {item.reference} into /gemini/{item.slot}")
+        out.append(f'{words} --dest "$GEMINI_ROOT/{item.slot}" || {{ echo {failed} >&2; exit 75; }}')
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
@@ -27,9 +27,10 @@ from gateway.datasets.schemas import (
     VersionOut,
 )
 from gateway.datasets.service import DatasetService
+from gateway.datasets.stagein import StageInService, StageManifest
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, AppSettings, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
-from gateway.errors import NotFound
+from gateway.errors import NotFound, Unauthorized
 from gateway.schemas import Page
 from gateway.workspaces.deps import WORKSPACE_DEPENDENCIES, WS_PATH, Access
 
@@ -239,3 +240,24 @@ def dataset_controllers(settings: Settings) -> list[type[Controller]]:
             )
         )
     return made
+
+
+SlotParam = Annotated[str, PathParameter(pattern=r"^(data-[123]|pretrain[23]?)$", max_length=16)]
+
+
+class StageInController(Controller):
+    """Called by ``remotegpu-stage-in`` on a job's node, with the job's stage-in token (never a user's)."""
+
+    path = "/api/v1/stage-in"
+    tags = ["datasets"]
+    security = BEARER
+
+    @get("/{slot:str}", summary="A starting job's dataset or model: its files and where to fetch them")
+    async def stage_in_manifest(
+        self, request: Request[object, object, State], db_session: DbSession, state: State, slot: SlotParam
+    ) -> StageManifest:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("a stage-in token is required")
+        service: StageInService = state.stage_in
+        return await service.manifest(db_session, token.strip(), slot)

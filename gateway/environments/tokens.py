@@ -24,18 +24,20 @@ VARIABLE = "REMOTEGPU_SESSION_TOKEN"
 _TOKEN = re.compile(r"([0-9a-f]{32})\.([0-9a-f]{64})")
 
 
-def _sign(key: str, job_id: str) -> str:
-    return hmac.new(key.encode(), f"session:{job_id}".encode(), hashlib.sha256).hexdigest()
+def _sign(key: str, job_id: str, purpose: str) -> str:
+    return hmac.new(key.encode(), f"{purpose}:{job_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def make(key: str, job_id: str) -> str:
-    return f"{job_id}.{_sign(key, job_id)}"
+def make(key: str, job_id: str, purpose: str = "session") -> str:
+    """``purpose``: what the token is good for (``session``: the callback; ``stage-in``: reading the job's
+    datasets); one purpose's token is worth nothing for another."""
+    return f"{job_id}.{_sign(key, job_id, purpose)}"
 
 
-def verified_job_id(key: str, token: str) -> str | None:
-    """The job id a token was made for, if it was made with ``key``; else None."""
+def verified_job_id(key: str, token: str, purpose: str = "session") -> str | None:
+    """The job id a token was made for, if it was made with ``key`` for ``purpose``; else None."""
     found = _TOKEN.fullmatch(token)
-    if found is None or not hmac.compare_digest(found[2], _sign(key, found[1])):
+    if found is None or not hmac.compare_digest(found[2], _sign(key, found[1], purpose)):
         return None
     return found[1]
 

@@ -12,7 +12,7 @@ from gateway.jobs.models import TrainingJob
 from gateway.schemas import whole
 from slurm import script as sbatch
 from slurm.reasons import explain
-from slurm.script import JobSpec, MailType
+from slurm.script import REFERENCE, JobSpec, MailType
 
 
 def _body(pattern: re.Pattern[str]) -> str:
@@ -71,7 +71,10 @@ Short = Annotated[str, msgspec.Meta(max_length=256)]
 Arg = Annotated[str, msgspec.Meta(max_length=65536), _checked(NO_NUL)]
 Argv = Annotated[list[Arg], msgspec.Meta(max_length=1024)]
 Path = Annotated[str, msgspec.Meta(max_length=4096), _checked(PATH)]
-Mounts = Annotated[list[Path], _checked(maxItems=sbatch.MAX_MOUNTS)]
+MOUNT = whole(rf"(?:{_COMPONENT}[^/\x00-\x1f\x7f]+)+/?|{REFERENCE.pattern}")
+"""An absolute path on the nodes, or a dataset/model of the gateway: ``NAME[:VERSION]``, ``WORKSPACE/NAME[:V]``."""
+Mount = Annotated[str, msgspec.Meta(max_length=4096), _checked(MOUNT)]
+Mounts = Annotated[list[Mount], _checked(maxItems=sbatch.MAX_MOUNTS)]
 SIMPLE = _checked(_allow_list(sbatch._SIMPLE))
 GpuType = Annotated[str, msgspec.Meta(max_length=32), _checked(_allow_list(sbatch._GPU_TYPE))]
 Partition = Annotated[str, msgspec.Meta(max_length=2048), _checked(_allow_list(sbatch._PARTITIONS))]

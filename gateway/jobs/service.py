@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import pwd
 import re
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache, partial
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,7 +60,7 @@ from slurm.errors import (
 )
 from slurm.filenames import PatternValues, UnknownInPattern, expand
 from slurm.records import JobState
-from slurm.script import JobSpec, ScriptError, check_path, render
+from slurm.script import JobSpec, ScriptError, StageIn, StageInProgram, check_path, render
 
 FINAL_STATES = frozenset({s.value for s in JobState if s.is_terminal} | {SUBMIT_FAILED})
 LISTABLE_STATES = frozenset({s.value for s in JobState} | {SUBMITTING, SUBMIT_FAILED})
@@ -99,8 +101,18 @@ Secrets = Callable[[str], Awaitable[Mapping[str, str]]]
 """The variables only the Slurm job of a gateway job id may have (slurm.client.Submission.secrets), made anew
 for each sbatch of it: e.g. an environment session's callback token."""
 
+References = Callable[[WorkspaceAccess, Sequence[str], Sequence[str]], Awaitable[list[StageIn]]]
+"""(access, datasets, models) -> the stage-ins of the references among them (InvalidInput naming the item)."""
+
 LEASE_MARGIN = timedelta(seconds=5)
 """Added to the Slurm backend's timeout: how long after an sbatch began no part of it can still be running."""
+
+
+def stage_in_path(settings: Settings) -> str:
+    """``remotegpu-stage-in`` as the nodes run it: beside ``session_supervisor`` (a venv every user can execute),
+    else beside this Python."""
+    supervisor = settings.session_supervisor or str(Path(sys.executable).parent / "remotegpu-session")
+    return str(Path(supervisor).with_name("remotegpu-stage-in"))
 
 
 def request_hash(data: msgspec.Struct) -> str:
@@ -134,11 +146,18 @@ class JobService:
         self.lease = timedelta(seconds=settings.slurm_timeout_seconds) + LEASE_MARGIN
         """After this long, an sbatch that began is over (done, failed or killed by the backend's timeout)."""
         self.secrets: dict[str, Secrets] = {}
-        """By job kind: what gives each sbatch of a job of that kind its secrets (registered by the domain)."""
+        """By job kind (``*``: every kind): what gives each sbatch of such a job its secrets (registered by the
+        domain)."""
+        self.references: References | None = None
+        """What resolves the dataset and model references among a job's mounts (registered by the datasets
+        domain); None: only absolute paths are mounts."""
 
     async def _secrets(self, kind: str, job_id: str) -> Mapping[str, str]:
-        make = self.secrets.get(kind)
-        return await make(job_id) if make is not None else {}
+        found: dict[str, str] = {}
+        for make in (self.secrets.get("*"), self.secrets.get(kind)):
+            if make is not None:
+                found.update(await make(job_id))
+        return found
 
     async def _instance(self) -> str:
         if self._instance_id is None:
@@ -193,10 +212,17 @@ class JobService:
         work_dir = data.work_dir or account.pw_dir
         if data.dependency is not None:
             data = msgspec.structs.replace(data, dependency=await self._slurm_dependency(ws.id, data.dependency))
+        stage_in = await self._stage_in(access, data)
         try:
             check_path("work_dir", work_dir)
             spec = job_spec(data, work_dir)
-            script = render(spec, container_runtime=self.settings.slurm_container_runtime)
+            if stage_in:
+                spec = msgspec.structs.replace(spec, stage_in=stage_in)
+            script = render(
+                spec,
+                container_runtime=self.settings.slurm_container_runtime,
+                stage_in=StageInProgram(stage_in_path(self.settings), self.settings.gateway_url) if stage_in else None,
+            )
             if spec.environment is not None:  # what never crosses is not even stored
                 spec = msgspec.structs.replace(spec, environment=crossing_environment(spec.environment))
         except ScriptError as exc:
@@ -204,6 +230,15 @@ class JobService:
         except msgspec.ValidationError as exc:
             raise InvalidInput(str(exc), field="spec") from exc
         return data, actor.posix_name, spec, script, work_dir
+
+    async def _stage_in(self, access: WorkspaceAccess, data: JobCreate) -> list[StageIn]:
+        """The dataset and model references among the mounts, resolved (none: nothing to stage in)."""
+        mounts = [*data.datasets, *data.models]
+        if not any(not m.startswith("/") for m in mounts):
+            return []
+        if self.references is None:
+            raise InvalidInput("this gateway mounts absolute paths only", field="datasets")
+        return await self.references(access, data.datasets, data.models)
 
     async def test_only(self, access: WorkspaceAccess, data: JobCreate) -> str:
         """``sbatch --test-only`` of the job as the caller: Slurm's answer; nothing is recorded or submitted."""

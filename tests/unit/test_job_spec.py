@@ -18,8 +18,9 @@ from slurm.script import JobSpec, ScriptError, render
 
 pytestmark = pytest.mark.unit
 
-SPEC_ONLY = {"account"}
-"""JobSpec's fields a request cannot set: the gateway gives sbatch the workspace's account."""
+SPEC_ONLY = {"account", "stage_in"}
+"""JobSpec's fields a request cannot set: the gateway gives sbatch the workspace's account, and resolves the
+dataset references among the mounts."""
 
 BASE: dict[str, Any] = {"name": "j", "script": "#!/bin/bash\ntrue\n"}
 # field -> (a value, other fields it needs, compared without it; a field of BASE is compared with BASE's value)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.jobs.schemas import JobCreate, job_spec
 from gateway.jobs.service import _GATEWAY_ID
 from gateway.schemas import request_bodies
-from slurm.script import ScriptError, check_path, render
+from slurm.script import DATASET_SLOTS, MODEL_SLOTS, REFERENCE, ScriptError, StageIn, StageInProgram, check_path, render
 from tests.unit.test_job_spec import SAMPLES
 
 pytestmark = pytest.mark.unit
@@ -36,14 +36,23 @@ count), a size in UTF-8 bytes, and gpus_per_task's rule, stated in words only (s
 
 def takes(body: dict[str, Any]) -> bool | None:
     """Whether the gateway takes the body up to Slurm, as JobService._prepare checks it (with every gateway job
-    id in ``dependency`` known: which are is the workspace's state); None: refused for an UNSTATED rule."""
+    id in ``dependency`` and every dataset reference known: which are is the workspace's state); None: refused
+    for an UNSTATED rule."""
     try:
         data = msgspec.convert(body, JobCreate)
         if data.dependency is not None:
             data = msgspec.structs.replace(data, dependency=_GATEWAY_ID.sub("7", data.dependency))
         work_dir = data.work_dir or "/home/u"
         check_path("work_dir", work_dir)
-        render(job_spec(data, work_dir), container_runtime="pyxis")
+        spec = job_spec(data, work_dir)
+        resolved = [  # every dataset/model reference known (which exist is the workspace's state)
+            StageIn(slot=slots[i][0], reference=ref, version_id=1)
+            for field, slots in (("datasets", DATASET_SLOTS), ("models", MODEL_SLOTS))
+            for i, ref in enumerate(getattr(spec, field)[:3])
+            if REFERENCE.fullmatch(ref)
+        ]
+        spec = msgspec.structs.replace(spec, stage_in=resolved)
+        render(spec, container_runtime="pyxis", stage_in=StageInProgram("/opt/remotegpu-stage-in", "http://gw"))
     except msgspec.ValidationError:
         return False
     except ScriptError as exc:

@@ -1,0 +1,176 @@
+"""Stage-in: the datasets and models a job or environment names, fetched onto its node when it starts.
+
+At submission the references among a job's mounts (``imagenet``, ``imagenet:3``, ``vision/imagenet:3`` for one
+shared with the workspace) are resolved to ready versions the submitter may read (or refused with 400 naming
+the item) and become ``JobSpec.stage_in``; the batch script runs ``remotegpu-stage-in`` for each before the
+program (slurm.script). That program, on the node, asks the gateway for the version's manifest with a token only
+that job has (``REMOTEGPU_STAGE_TOKEN``, made like a session's callback token for the purpose ``stage-in``), gets
+for each file the presigned URLs of every ready replica in routing's order for the node's user (so a failed
+store falls back to the next), and fills the slot from a node-local cache by checksum
+(gateway.datasets.stagein_client). Presigned URLs are made when the job starts, not when it is submitted: a job
+may wait in the queue for longer than a URL lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.accounts.models import User
+from gateway.config import Settings
+from gateway.datasets import routing, sources
+from gateway.datasets.models import DATASET, MODEL, READY, Dataset, DatasetFile, DatasetVersion, Replica, StorageSource
+from gateway.datasets.service import _candidate, _user_type
+from gateway.db.session import Database
+from gateway.environments import tokens
+from gateway.errors import InvalidInput, NotFound, Unauthorized
+from gateway.jobs.models import TrainingJob
+from gateway.jobs.service import FINAL_STATES, JobService
+from gateway.workspaces.access import WorkspaceAccess
+from gateway.workspaces.models import Workspace
+from slurm.script import DATASET_SLOTS, MODEL_SLOTS, StageIn
+
+log = structlog.get_logger("gateway.datasets.stagein")
+VARIABLE = "REMOTEGPU_STAGE_TOKEN"
+PURPOSE = "stage-in"
+URL_SECONDS = 6 * 3600
+"""How long the URLs a starting job gets stay good: the whole fetch, however large."""
+
+
+class StageFile(msgspec.Struct, kw_only=True):
+    path: str
+    size: int
+    sha256: str
+    urls: list[str]
+    """Presigned GETs, one per ready replica, in routing's order: try the next when one fails."""
+
+
+class StageManifest(msgspec.Struct, kw_only=True):
+    slot: str
+    reference: str
+    files: list[StageFile]
+    sources: list[str]
+    """The storage sources behind ``urls``, in the same order."""
+
+
+class StageInService:
+    """Registers itself with the jobs: what resolves references at submission, and the jobs' stage-in token."""
+
+    def __init__(self, database: Database, settings: Settings, jobs: JobService) -> None:
+        self.database = database
+        self.settings = settings
+        self.key = tokens.SessionKey(database)
+        jobs.references = self.resolve
+        jobs.secrets["*"] = self.token
+
+    async def token(self, job_id: str) -> dict[str, str]:
+        return {VARIABLE: tokens.make(await self.key.get(), job_id, PURPOSE)}
+
+    async def resolve(self, access: WorkspaceAccess, datasets: Sequence[str], models: Sequence[str]) -> list[StageIn]:
+        found: list[StageIn] = []
+        async with self.database.session(write=False) as session:
+            for kind, field, refs, slots in (
+                (DATASET, "datasets", datasets, DATASET_SLOTS),
+                (MODEL, "models", models, MODEL_SLOTS),
+            ):
+                for i, ref in enumerate(refs):
+                    if ref.startswith("/"):
+                        continue
+                    version = await _resolve_one(session, access, kind, ref, f"{field}[{i}]")
+                    found.append(StageIn(slot=slots[i][0], reference=ref, version_id=version.id))
+        return found
+
+    async def manifest(self, session: AsyncSession, token: str, slot: str) -> StageManifest:
+        """The slot's files and their URLs, for the job whose token this is (while it has not ended)."""
+        job_id = tokens.verified_job_id(await self.key.get(), token, PURPOSE)
+        if job_id is None:
+            raise Unauthorized("not a stage-in token of this gateway")
+        job = await session.get(TrainingJob, job_id)
+        if job is None or job.state in FINAL_STATES:
+            raise Unauthorized("this job has ended (or is unknown): its stage-in token is spent")
+        item = next((s for s in job.spec.get("stage_in", []) if s["slot"] == slot), None)
+        if item is None:
+            raise NotFound(f"the job fetches nothing into {slot!r}", field="slot")
+        user = await session.get(User, job.user_id) if job.user_id else None
+        rows = (
+            await session.scalars(
+                select(StorageSource)
+                .join(Replica, Replica.source_id == StorageSource.id)
+                .where(Replica.version_id == item["version_id"], Replica.status == READY)
+            )
+        ).all()
+        request = routing.RouteRequest(
+            user_type=_user_type(user), node_region=None, purpose="read", key=f"{item['version_id']}:{job_id}"
+        )
+        decision = routing.route(request, [_candidate(s) for s in rows])
+        routing.log_decision(
+            log,
+            who=user.name if user else "?",
+            what=f"job {job_id} stage-in {slot}",
+            request=request,
+            decision=decision,
+        )
+        by_id = {s.id: s for s in rows}
+        ordered = [by_id[c.source_id] for c in decision.order]
+        version = await session.get_one(DatasetVersion, item["version_id"])
+        files = (
+            await session.scalars(
+                select(DatasetFile).where(DatasetFile.version_id == version.id).order_by(DatasetFile.path)
+            )
+        ).all()
+        keys = sources.keyring(self.settings)
+        clients = [sources.client(s, keys, self.settings) for s in ordered]
+        return StageManifest(
+            slot=slot,
+            reference=item["reference"],
+            sources=[s.name for s in ordered],
+            files=[
+                StageFile(
+                    path=f.path,
+                    size=f.size,
+                    sha256=f.sha256,
+                    urls=[
+                        c.generate_presigned_url(
+                            "get_object",
+                            Params={"Bucket": s.bucket, "Key": f"{s.prefix}{version.prefix}{f.path}"},
+                            ExpiresIn=URL_SECONDS,
+                        )
+                        for s, c in zip(ordered, clients, strict=True)
+                    ],
+                )
+                for f in files
+            ],
+        )
+
+
+async def _resolve_one(
+    session: AsyncSession, access: WorkspaceAccess, kind: str, ref: str, field: str
+) -> DatasetVersion:
+    """``[WORKSPACE/]NAME[:VERSION]`` -> a ready version the workspace may read (its newest without VERSION)."""
+    owner_slug, _, rest = ref.rpartition("/")
+    name, _, number = rest.partition(":")
+    owner_id = access.workspace.id
+    if owner_slug and owner_slug != access.workspace.slug:
+        found = await session.scalar(select(Workspace.id).where(Workspace.slug == owner_slug))
+        if found is None:
+            raise InvalidInput(f"no {kind} {ref!r}: no workspace {owner_slug!r}", field=field)
+        owner_id = found
+    dataset = await session.scalar(
+        select(Dataset).where(
+            Dataset.workspace_id == owner_id, Dataset.kind == kind, Dataset.name == name, Dataset.deleted_at.is_(None)
+        )
+    )
+    if dataset is None or (owner_id != access.workspace.id and access.workspace.id not in (dataset.shared_with or [])):
+        raise InvalidInput(f"no {kind} {name!r} in {owner_slug or 'this workspace'}", field=field)
+    query = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id, DatasetVersion.status == READY)
+    if number:
+        query = query.where(DatasetVersion.version == int(number))
+    version = await session.scalar(query.order_by(DatasetVersion.version.desc()).limit(1))
+    if version is None:
+        which = f"version {number}" if number else "a ready version"
+        raise InvalidInput(f"{kind} {name!r} has no {which}", field=field)
+    return version

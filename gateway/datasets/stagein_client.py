@@ -1,0 +1,160 @@
+"""remotegpu-stage-in: on a job's node, fetch one dataset or model version into the job's /gemini slot.
+
+Run by the batch script the gateway renders (slurm.script), as the job's user, from a venv every user can
+execute. It asks the gateway for the slot's manifest with the job's ``REMOTEGPU_STAGE_TOKEN``, then for each file:
+takes it from the node-local cache when a file of that SHA-256 and size is there (``--cache``, by default
+``$REMOTEGPU_CACHE_DIR`` or ``/tmp/remotegpu-cache-<uid>``: jobs of the same user on the node share it); else
+downloads it from the first replica's URL, checking size and SHA-256 as it writes, and on any failure from the
+next replica's; a file that no replica gives whole and unaltered fails the stage-in (exit 1, the job ends: no
+job runs on partial data). The slot gets hard links to the cache (copies where the cache is on another file
+system), files mode 0444 and directories 0555: read-only for the program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+VARIABLE = "REMOTEGPU_STAGE_TOKEN"
+CHUNK = 1024 * 1024
+
+
+def _say(message: str) -> None:
+    print(f"remotegpu-stage-in: {message}", file=sys.stderr, flush=True)
+
+
+def _manifest(gateway: str, slot: str, token: str) -> dict[str, object]:
+    url = f"{gateway.rstrip('/')}/api/v1/stage-in/{slot}"
+    for attempt in range(5):
+        try:
+            r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        except httpx.TransportError as exc:
+            _say(f"the gateway did not answer ({exc}); trying again")
+            time.sleep(2**attempt)
+            continue
+        if r.status_code >= 500:
+            time.sleep(2**attempt)
+            continue
+        if r.status_code != 200:
+            detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").endswith("json") else r.text
+            raise SystemExit(f"remotegpu-stage-in: the gateway refused: {detail}")
+        manifest: dict[str, object] = r.json()
+        return manifest
+    raise SystemExit("remotegpu-stage-in: the gateway did not answer")
+
+
+def _download(url: str, size: int, sha256: str, into: Path) -> Path:
+    """The object at ``url`` into a new file of directory ``into``, checked; ValueError when it is not the file."""
+    fd, tmp = tempfile.mkstemp(dir=into, prefix=".part-")
+    digest, written = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, timeout=httpx.Timeout(30, read=300)) as r:
+            if r.status_code != 200:
+                raise ValueError(f"HTTP {r.status_code}")
+            for chunk in r.iter_bytes(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+        if written != size or digest.hexdigest() != sha256:
+            raise ValueError(f"got {written} bytes with another checksum than the manifest's")
+    except BaseException:
+        Path(tmp).unlink()
+        raise
+    return Path(tmp)
+
+
+def _cached(cache: Path, entry: dict[str, object], sources: Sequence[str]) -> tuple[Path, bool]:
+    """The file's path in the cache, and whether it was there already."""
+    sha, size = str(entry["sha256"]), int(str(entry["size"]))
+    place = cache / sha[:2] / sha
+    if place.is_file() and place.stat().st_size == size:
+        return place, True
+    place.parent.mkdir(parents=True, exist_ok=True)
+    urls = [str(u) for u in entry["urls"]]  # type: ignore[attr-defined]
+    for source, url in zip(sources, urls, strict=False):
+        try:
+            got = _download(url, size, sha, place.parent)
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            _say(f"{entry['path']}: storage source {source} failed ({exc}); trying the next replica")
+            continue
+        got.chmod(0o444)
+        got.replace(place)
+        return place, False
+    raise SystemExit(f"remotegpu-stage-in: no replica gave {entry['path']} whole (sources: {', '.join(sources)})")
+
+
+def _place(cached: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(cached, target)
+    except OSError:  # another file system
+        shutil.copyfile(cached, target)
+        target.chmod(0o444)
+
+
+def _read_only(root: Path) -> None:
+    for path, dirs, _ in os.walk(root, topdown=False):
+        for d in dirs:
+            (Path(path) / d).chmod(0o555)
+    root.chmod(0o555)
+
+
+def stage(gateway: str, slot: str, dest: Path, cache: Path, token: str) -> int:
+    manifest = _manifest(gateway, slot, token)
+    sources = [str(s) for s in manifest["sources"]]  # type: ignore[attr-defined]
+    files = list(manifest["files"])  # type: ignore[call-overload]
+    if not sources and files:
+        raise SystemExit(f"remotegpu-stage-in: no storage source holds {manifest['reference']} now")
+    dest.mkdir(parents=True, exist_ok=True)
+    started, hits, fetched = time.monotonic(), 0, 0
+    for entry in files:
+        relative = Path(str(entry["path"]))
+        if relative.is_absolute() or ".." in relative.parts:  # the gateway never sends one; never trusted
+            raise SystemExit(f"remotegpu-stage-in: refusing the path {entry['path']!r}")
+        cached, hit = _cached(cache, entry, sources)
+        hits += hit
+        fetched += 0 if hit else int(entry["size"])
+        _place(cached, dest / relative)
+    _read_only(dest)
+    total = sum(int(e["size"]) for e in files)
+    _say(
+        f"{manifest['reference']} in {dest}: {len(files)} files, {total} bytes ({hits} from the node's cache, "
+        f"{fetched} bytes fetched) in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remotegpu-stage-in", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--gateway", required=True)
+    parser.add_argument(
+        "--slot", required=True, choices=["data-1", "data-2", "data-3", "pretrain", "pretrain2", "pretrain3"]
+    )
+    parser.add_argument("--dest", required=True, type=Path)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("REMOTEGPU_CACHE_DIR") or f"{tempfile.gettempdir()}/remotegpu-cache-{os.getuid()}"),
+    )
+    options = parser.parse_args(argv)
+    token = os.environ.get(VARIABLE, "")
+    if not token:
+        _say(f"{VARIABLE} is not set (the gateway gives it to the job)")
+        return 2
+    options.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return stage(options.gateway, options.slot, options.dest, options.cache, token)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

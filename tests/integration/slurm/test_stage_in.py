@@ -1,0 +1,145 @@
+"""Stage-in on the real cluster and two real S3 stores: a training job names a dataset by name, its batch script
+fetches the version onto the node before the program runs (from the replica routing picks, checked by SHA-256,
+read-only, from the node's cache the second time), and falls back to the other replica when the first store is
+dead; a reference that names nothing is a 400 naming the item."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.s3.conftest import s3_bucket, s3_stores  # noqa: F401  (the fixtures)
+from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory
+from tests.s3 import Stores
+
+SCRIPT = """#!/bin/bash
+sha256sum "$GEMINI_DATA_IN1/train/a.bin" | cut -d' ' -f1
+cat "$GEMINI_DATA_IN1/labels.txt"
+touch "$GEMINI_DATA_IN1/new" 2>/dev/null && echo writable || echo read-only
+"""
+
+
+def _api(gateway: Gateway, token: str) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _upload(api: httpx.Client, base: str, files: dict[str, bytes]) -> str:
+    """A dataset's version 1 uploaded through presigned URLs (as the CLI does); its id."""
+    ds = api.post(base, json={"name": "imagenet-mini"}).raise_for_status().json()["id"]
+    api.post(f"{base}/{ds}/versions", json={}).raise_for_status()
+    for path, data in files.items():
+        up = (
+            api.post(
+                f"{base}/{ds}/versions/1/uploads",
+                json={"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+            )
+            .raise_for_status()
+            .json()
+        )
+        for part in up["parts"]:
+            start = (part["number"] - 1) * up["part_size"]
+            httpx.put(part["url"], content=data[start : start + part["size"]], timeout=60).raise_for_status()
+        api.post(f"{base}/{ds}/versions/1/uploads/{up['id']}/complete").raise_for_status()
+    api.post(f"{base}/{ds}/versions/1/finish").raise_for_status()
+    return str(ds)
+
+
+def _replicate(gateway: Gateway, stores: Stores, bucket: str, version_prefix: str) -> None:
+    """What a sync does, by hand: store A's objects copied to B, and B's replica recorded ready."""
+    a, b = stores.a.client(), stores.b.client()
+    for item in a.list_objects_v2(Bucket=bucket, Prefix=version_prefix).get("Contents", []):
+        got = a.get_object(Bucket=bucket, Key=item["Key"])
+        b.put_object(Bucket=bucket, Key=item["Key"], Body=got["Body"].read(), Metadata=got["Metadata"])
+    db = sqlite3.connect(gateway.env["REMOTEGPU_DATABASE_URL"].removeprefix("sqlite:///"))
+    with db:
+        (source,) = db.execute("SELECT id FROM storage_sources WHERE name = 'second'").fetchone()
+        (version,) = db.execute("SELECT id FROM dataset_versions").fetchone()
+        if db.execute("SELECT 1 FROM dataset_replicas WHERE source_id = ?", (source,)).fetchone() is None:
+            db.execute(
+                "INSERT INTO dataset_replicas (version_id, source_id, status, bytes, created_at, updated_at) "
+                "VALUES (?, ?, 'ready', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+                (version, source),
+            )
+        else:
+            db.execute("UPDATE dataset_replicas SET status = 'ready' WHERE source_id = ?", (source,))
+    db.close()
+
+
+def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> tuple[str, str]:
+    r = api.post(
+        f"/api/v1/workspaces/{ws}/jobs",
+        json={"name": "staged", "script": SCRIPT, "datasets": datasets, "time_minutes": 5},
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = api.get(f"/api/v1/workspaces/{ws}/jobs/{job}").json()["state"]
+        if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}:
+            break
+        time.sleep(0.5)
+    logs = api.get(f"/api/v1/workspaces/{ws}/jobs/{job}/logs").json()["lines"]
+    return state, "\n".join(logs)
+
+
+def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
+    gateway: Gateway,
+    slurm_cluster: Cluster,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    s3_stores: Stores,  # noqa: F811
+    s3_bucket: str,  # noqa: F811
+) -> None:
+    user = posix_user()
+    root, token = _api(gateway, gateway.token("root", admin=True)), _api(gateway, gateway.token(user))
+    s3_stores.b.client().create_bucket(Bucket=s3_bucket)
+    for name, store, priority in (("first", s3_stores.a, 1), ("second", s3_stores.b, 2)):
+        body = {
+            "name": name, "type": "generic", "endpoint": store.endpoint, "bucket": s3_bucket, "priority": priority,
+            "access_key": store.access_key, "secret_key": store.secret_key,
+        }  # fmt: skip
+        root.post("/api/v1/storage-sources", json=body).raise_for_status()
+    ws = "stage"
+    made = root.post("/api/v1/workspaces", json={"slug": ws, "name": ws, "owner": user, "slurm_account": slurm_account})
+    assert made.status_code == 201, made.text
+    big = os.urandom(3 * 1024 * 1024 + 7)
+    ds = _upload(token, f"/api/v1/workspaces/{ws}/datasets", {"train/a.bin": big, "labels.txt": b"0 cat\n1 dog\n"})
+    _replicate(gateway, s3_stores, s3_bucket, f"{ws}/datasets/{ds}/v1/")
+    expected = hashlib.sha256(big).hexdigest()
+    cache = Path(f"/tmp/remotegpu-cache-{pwd.getpwnam(user).pw_uid}")  # the node's cache of the user
+    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        with gateway.worker():
+            state, out = _run(gateway, token, ws, ["imagenet-mini"])
+            assert state == "COMPLETED", out
+            staged, *program = out.splitlines()
+            assert program == [expected, "0 cat", "1 dog", "read-only"], out
+            assert "imagenet-mini in" in staged and "2 files, 3145747 bytes (0 from the node's cache" in staged
+
+            # the first store dies: the job's files come from the second replica (the node's cache emptied first)
+            shutil.rmtree(cache, ignore_errors=True)
+            s3_stores.a.kill()
+            try:
+                state, out = _run(gateway, token, ws, ["imagenet-mini:1"])
+            finally:
+                s3_stores.a.restart()
+            assert state == "COMPLETED", out
+            assert expected in out and "storage source first failed" in out and "trying the next replica" in out, out
+
+            # and again: everything from the node's cache
+            state, out = _run(gateway, token, ws, ["imagenet-mini"])
+            assert state == "COMPLETED" and "2 from the node's cache, 0 bytes fetched" in out, out
+
+        r = token.post(
+            f"/api/v1/workspaces/{ws}/jobs", json={"name": "x", "script": SCRIPT, "datasets": ["/data", "nothing:2"]}
+        )
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "datasets[1]", r.text
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
