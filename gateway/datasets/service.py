@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.accounts.models import User
 from gateway.audit.writer import record
 from gateway.config import Settings
-from gateway.datasets import routing, sources
+from gateway.datasets import routing, sources, sync
 from gateway.datasets.models import (
     READY,
     UPLOADING,
@@ -82,6 +82,10 @@ class StoreError(GatewayError):
     """The store did not do what was asked (502: the request was right, the store failed)."""
 
     status, kind, title = 502, "store-error", "Storage source error"
+
+
+class UploadLost(Conflict):
+    """The store no longer has a multipart upload we recorded open."""
 
 
 def part_plan(size: int) -> tuple[int, int]:
@@ -255,6 +259,7 @@ class DatasetService:
         if replica is not None:
             replica.status, replica.bytes, replica.synced_at = READY, int(size), now
         self._audit(session, access, "version.ready", dataset, version=number, size_bytes=int(size), files=int(count))
+        await sync.queue_realtime(session, access.actor, version)  # copies to every other enabled store
         await session.commit()
         return await self._version_out(session, version)
 
@@ -296,8 +301,12 @@ class DatasetService:
             if last is not None:
                 return self._upload_out(last, [], []), False
         if existing is not None and (existing.size, existing.sha256) == (data.size, data.sha256):
-            return await self._resume(session, source, version, existing), False
-        await self._check_quota(session, access, data.size - (done.size if done else 0))
+            try:
+                return await self._resume(session, source, version, existing), False
+            except UploadLost:
+                pass  # the store dropped it (expired, aborted there): the file starts again below
+        replaced = (done.size if done else 0) + (existing.size if existing else 0)  # counted now, not after
+        await self._check_quota(session, access, data.size - replaced)
         if existing is not None:
             existing.status = "aborted"
         if done is not None:
@@ -471,7 +480,7 @@ class DatasetService:
             parts = await asyncio.to_thread(_list_parts, client, source.bucket, key, upload.s3_upload_id)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                raise Conflict(
+                raise UploadLost(
                     "the store no longer has this upload: start it again (POST the upload)", field="upload_id"
                 ) from None
             raise _store_failed(exc, source, "list the parts") from None

@@ -173,6 +173,12 @@ async def test_external_users_upload_to_the_public_store_and_the_quota_holds(
     assert r.status_code == 204  # aborted: its bytes no longer count
     r = await api.post(f"{WS}/ext/models/{ds}/versions/1/uploads", json={**body, "size": 1000}, headers=carol)
     assert r.status_code == 201, r.text
+    # the store drops the open upload (its lifecycle rules, an admin): the same file again starts a new one
+    store = s3_stores.b.client()
+    for open_upload in store.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []):
+        store.abort_multipart_upload(Bucket=s3_bucket, Key=open_upload["Key"], UploadId=open_upload["UploadId"])
+    again = await api.post(f"{WS}/ext/models/{ds}/versions/1/uploads", json={**body, "size": 1000}, headers=carol)
+    assert again.status_code == 201 and again.json()["id"] != r.json()["id"], again.text
 
 
 @pytest.mark.parametrize(
