@@ -300,8 +300,16 @@ def render_form(me: dict[str, Any], cluster: dict[str, Any], previous: dict[str,
             _group(
                 "image", "Image (empty: none)", f'<input class="form-control" name="image" id="image" value="{image}">'
             ),
-            _lines("datasets", "Datasets (one path per line, at most 3)", previous.get("datasets", [])),
-            _lines("models", "Models (one path per line, at most 3)", previous.get("models", [])),
+            _lines(
+                "datasets",
+                "Datasets (NAME[:VERSION] of the workspace, or a path on the nodes; one per line, at most 3)",
+                previous.get("datasets", []),
+            ),
+            _lines(
+                "models",
+                "Models (NAME[:VERSION] of the workspace, or a path on the nodes; one per line, at most 3)",
+                previous.get("models", []),
+            ),
             '<input type="hidden" name="services_given" value="1">\n<div class="checkbox">',
             _checkbox("ssh", "SSH", "ssh" in services),
             _checkbox("tensorboard", "TensorBoard", "tensorboard" in services),
