@@ -550,42 +550,24 @@ class DatasetService:
             preferred_source=by_name[wanted].id if wanted else None,
             key=key,
         )
-        decision = routing.route(request, [_candidate(s) for s in rows])
-        routing.log_decision(
-            log, who=access.actor.name, what=f"{self.kind} {key} upload", request=request, decision=decision
-        )
-        ROUTED.labels("upload").inc()
-        if not decision.order:
+        ordered = routed(rows, request, who=access.actor.name, what=f"{self.kind} {key} upload")
+        if not ordered:
             raise Conflict("no storage source can take uploads now (none enabled and up): ask an admin", field="source")
-        chosen = decision.order[0].source_id
-        if wanted is not None and by_name[wanted].id != chosen:
+        if wanted is not None and by_name[wanted].id != ordered[0].id:
             raise InvalidInput(f"storage source {wanted!r} is down", field="source")
-        return next(s for s in rows if s.id == chosen)
+        return ordered[0]
 
     async def _read_source(
         self, session: AsyncSession, access: WorkspaceAccess, user: User | None, version: DatasetVersion
     ) -> StorageSource:
-        rows = list(
-            (
-                await session.scalars(
-                    select(StorageSource)
-                    .join(Replica, Replica.source_id == StorageSource.id)
-                    .where(Replica.version_id == version.id, Replica.status == READY)
-                )
-            ).all()
-        )
         request = routing.RouteRequest(
             user_type=_user_type(user), node_region=None, purpose="read", key=f"{version.id}:{access.actor.name}"
         )
-        decision = routing.route(request, [_candidate(s) for s in rows])
-        routing.log_decision(
-            log, who=access.actor.name, what=f"version {version.id} download", request=request, decision=decision
-        )
-        ROUTED.labels("read").inc()
-        if not decision.order:
+        what = f"version {version.id} download"
+        ordered = routed(await ready_replicas(session, version.id), request, who=access.actor.name, what=what)
+        if not ordered:
             raise Conflict("no replica of this version is in an enabled storage source: ask an admin", field="version")
-        chosen = decision.order[0].source_id
-        return next(s for s in rows if s.id == chosen)
+        return ordered[0]
 
     async def _by_name(self, session: AsyncSession, workspace_id: int, name: str) -> Dataset | None:
         return await session.scalar(
@@ -721,6 +703,25 @@ class DatasetService:
             workspace_id=access.workspace.id,
             details={"name": dataset.name, **details},
         )
+
+
+def routed(rows: Sequence[StorageSource], request: routing.RouteRequest, *, who: str, what: str) -> list[StorageSource]:
+    """The sources in routing's order for ``request`` (what it left out dropped); the decision logged and counted."""
+    decision = routing.route(request, [_candidate(s) for s in rows])
+    routing.log_decision(log, who=who, what=what, request=request, decision=decision)
+    ROUTED.labels(request.purpose).inc()
+    by_id = {s.id: s for s in rows}
+    return [by_id[c.source_id] for c in decision.order]
+
+
+async def ready_replicas(session: AsyncSession, version_id: int) -> list[StorageSource]:
+    """The sources holding a complete copy of the version."""
+    found = await session.scalars(
+        select(StorageSource)
+        .join(Replica, Replica.source_id == StorageSource.id)
+        .where(Replica.version_id == version_id, Replica.status == READY)
+    )
+    return list(found.all())
 
 
 async def stored_bytes(session: AsyncSession, workspace_id: int) -> int:

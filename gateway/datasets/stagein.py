@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.accounts.models import User
 from gateway.config import Settings
 from gateway.datasets import routing, sources
-from gateway.datasets.models import DATASET, MODEL, READY, Dataset, DatasetFile, DatasetVersion, Replica, StorageSource
-from gateway.datasets.service import _candidate, _user_type
+from gateway.datasets.models import DATASET, MODEL, READY, Dataset, DatasetFile, DatasetVersion
+from gateway.datasets.service import _user_type, ready_replicas, routed
 from gateway.db.session import Database
 from gateway.environments import tokens
 from gateway.errors import InvalidInput, NotFound, Unauthorized
@@ -96,26 +96,15 @@ class StageInService:
         if item is None:
             raise NotFound(f"the job fetches nothing into {slot!r}", field="slot")
         user = await session.get(User, job.user_id) if job.user_id else None
-        rows = (
-            await session.scalars(
-                select(StorageSource)
-                .join(Replica, Replica.source_id == StorageSource.id)
-                .where(Replica.version_id == item["version_id"], Replica.status == READY)
-            )
-        ).all()
         request = routing.RouteRequest(
             user_type=_user_type(user), node_region=None, purpose="read", key=f"{item['version_id']}:{job_id}"
         )
-        decision = routing.route(request, [_candidate(s) for s in rows])
-        routing.log_decision(
-            log,
+        ordered = routed(
+            await ready_replicas(session, item["version_id"]),
+            request,
             who=user.name if user else "?",
             what=f"job {job_id} stage-in {slot}",
-            request=request,
-            decision=decision,
         )
-        by_id = {s.id: s for s in rows}
-        ordered = [by_id[c.source_id] for c in decision.order]
         version = await session.get_one(DatasetVersion, item["version_id"])
         files = (
             await session.scalars(
