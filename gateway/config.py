@@ -113,6 +113,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """How often the worker checks each enabled storage source (a HEAD of its bucket: status, latency, error)."""
     storage_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     """Connect and read timeout of the gateway's own S3 calls (health checks, multipart bookkeeping)."""
+    sync_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    """How often the worker looks for due sync tasks (copies of versions between storage sources) to claim."""
 
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:

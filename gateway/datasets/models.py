@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin
+from gateway.db.base import Base, SoftDeleteMixin, TimestampMixin, utcnow
 
 LIVE = text("deleted_at IS NULL")
 OPEN = text("status = 'open'")
@@ -147,3 +147,94 @@ class Replica(TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default=UPLOADING)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     synced_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# --- sync ---------------------------------------------------------------------------------------------------
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+TASK_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+OPEN_TASK = text("status IN ('queued', 'running')")
+REALTIME, SCHEDULED, MANUAL = "realtime", "scheduled", "manual"
+POLICIES = (REALTIME, SCHEDULED, MANUAL)
+ONE_WAY, TWO_WAY = "one-way", "two-way"
+FULL, INCREMENTAL = "full", "incremental"
+COPYING, VERIFIED = "copying", "verified"
+
+
+class SyncTask(TimestampMixin, Base):
+    """Copy one version's files from one store to another (gateway.datasets.sync). Workers claim a task with a
+    lease (``lease_owner`` until ``lease_until``, renewed while it runs); a failed attempt is retried after
+    ``next_attempt_at`` (exponential backoff), three attempts in all. At most one open (queued or running) task
+    per version and target. A two-way sync is two one-way tasks, each naming the other (``pair_id``)."""
+
+    __tablename__ = "sync_tasks"
+    __table_args__ = (
+        Index(
+            "uq_sync_tasks_open",
+            "version_id",
+            "target_id",
+            unique=True,
+            sqlite_where=OPEN_TASK,
+            postgresql_where=OPEN_TASK,
+        ),
+        Index("ix_sync_tasks_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("storage_sources.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("storage_sources.id"), index=True)
+    policy: Mapped[str] = mapped_column(String(16))
+    direction: Mapped[str] = mapped_column(String(16), default=ONE_WAY)
+    pair_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The other direction's task of a two-way sync."""
+    mode: Mapped[str] = mapped_column(String(16), default=INCREMENTAL)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Attempts started (counted when claimed, so a worker that dies mid-task uses one up too)."""
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    """A scheduled task's time (it runs once due)."""
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    objects_total: Mapped[int] = mapped_column(Integer, default=0)
+    objects_done: Mapped[int] = mapped_column(Integer, default=0)
+    """Files the target holds as the manifest says (copied, or found there already)."""
+    objects_copied: Mapped[int] = mapped_column(Integer, default=0)
+    """Files this task copied, in all its attempts (``bytes_copied`` likewise)."""
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_copied: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    """Of the last attempt: bytes copied over its time so far."""
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+
+
+class SyncObject(Base):
+    """What the gateway knows of one file of a version in one store: ``verified`` (its size and checksum
+    metadata were checked; ``etag`` is how the store listed it then, so an unchanged listing needs no HEAD), or
+    ``copying`` as a multipart upload (``upload_id``) whose finished parts' ETags are in ``parts``: a resumed copy
+    sends only the others."""
+
+    __tablename__ = "sync_objects"
+    __table_args__ = (Index("uq_sync_objects_path", "version_id", "target_id", "path", unique=True),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("storage_sources.id"), index=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("sync_tasks.id"), index=True, default=None)
+    """The task that last wrote it."""
+    size: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str | None] = mapped_column(String(200), default=None)
+    upload_id: Mapped[str | None] = mapped_column(String(1024), default=None)
+    part_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    parts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    """Finished parts of ``upload_id``: part number (as text) -> ETag."""
+    parts_copied: Mapped[int] = mapped_column(Integer, default=0)
+    """Parts sent in all (every attempt): a resume that skips finished parts adds only the rest."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
