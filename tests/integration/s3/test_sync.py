@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import msgspec
@@ -270,6 +270,45 @@ async def test_store_killed_mid_multipart_copy_resumes_at_the_next_part(
             select(Replica).join(StorageSource).where(Replica.version_id == version_id, StorageSource.name == "cloud")
         )
         assert replica is not None and replica.status == "ready" and replica.bytes == sum(map(len, files.values()))
+
+
+async def test_a_file_the_source_lacks_fails_the_task_after_three_attempts(
+    api: httpx.AsyncClient,
+    keyed: Settings,
+    clean_database: Database,
+    make_user: UserFactory,
+    s3_stores: Stores,
+    both_buckets: str,
+) -> None:
+    db, bucket = clean_database, both_buckets
+    root, alice = await make_user("root", admin=True), await make_user("alice")
+    await _sources(api, root, s3_stores, bucket)
+    files = {f"part-{i:02d}.csv": os.urandom(3000) for i in range(30)}
+    _, _, prefix = await _ready_version(api, db, s3_stores, bucket, alice, files)
+    s3_stores.a.client().delete_object(Bucket=bucket, Key=prefix + "part-17.csv")  # lost from the primary
+    [task] = (await api.get(TASKS, headers=root)).json()["items"]
+    for attempt in (1, 2, 3):
+        assert await sync.run_due_tasks(db, keyed, options=FAST) == [task["id"]]
+        seen = (await api.get(f"{TASKS}/{task['id']}", headers=root)).json()
+        assert seen["attempts"] == attempt and "part-17.csv" in seen["last_error"], seen
+        assert seen["objects_copied"] == len(files) - 1  # the others, once: later attempts find them in place
+        if attempt < 3:
+            assert seen["status"] == "queued"
+            assert datetime.fromisoformat(seen["next_attempt_at"]) > utcnow() + timedelta(seconds=20)  # backoff
+            assert await sync.run_due_tasks(db, keyed, options=FAST) == []  # waiting out its backoff
+            assert (await api.post(f"{TASKS}/{task['id']}/retry", headers=root)).status_code == 200
+    assert seen["status"] == "failed" and seen["finished_at"], seen
+    replicas = (await api.get(f"{WS}/lab/datasets/{seen['dataset_id']}/versions/1/replicas", headers=alice)).json()
+    assert {r["source"]: r["status"] for r in replicas["replicas"]} == {"local": "ready", "cloud": "error"}
+    async with db.session() as session:
+        outcomes = (
+            await session.scalars(
+                select(AuditEntry.action).where(AuditEntry.target == str(task["id"]), AuditEntry.action.like("sync%"))
+            )
+        ).all()
+    assert sorted(outcomes) == ["sync_task.create", "sync_task.failed", "sync_task.retry", "sync_task.retry"]
+    r = await api.post(f"{TASKS}/{task['id']}/retry", headers=root)  # a failed task starts over
+    assert r.status_code == 200 and (r.json()["status"], r.json()["attempts"]) == ("queued", 0), r.text
 
 
 async def test_cancel_stops_a_running_copy_and_aborts_its_upload(
