@@ -587,7 +587,7 @@ class _Run:
         keys = sources.keyring(settings)
         self.src_client = sources.client(self.source, keys, settings)
         self.dst_client = sources.client(self.target, keys, settings)
-        size = options.workers + options.part_workers
+        size = options.workers + options.part_workers + 2  # (+2: a big file's multipart bookkeeping)
         timeout = settings.storage_timeout_seconds
         self.src = Objects(self.source, sources.credentials(self.source, keys), timeout=timeout)
         self.dst = Objects(self.target, sources.credentials(self.target, keys), timeout=timeout)
@@ -616,6 +616,8 @@ class _Run:
             raise _Stopped
 
     async def execute(self) -> None:
+        if self.loaded.version.status != READY:  # (the API and realtime tasks only queue ready ones)
+            raise RuntimeError(f"version {self.loaded.version.version} is {self.loaded.version.status}, not ready")
         files, known = self.loaded.files, self.loaded.known
         listing = await self._thread(self.dst.list, self.dst_prefix)
         to_copy: list[_File] = []
