@@ -29,7 +29,7 @@ from gateway.db.session import Database
 from gateway.environments import tokens
 from gateway.errors import InvalidInput, NotFound, Unauthorized
 from gateway.jobs.models import TrainingJob
-from gateway.jobs.service import FINAL_STATES, JobService
+from gateway.jobs.service import FINAL_STATES, STAGE_IN, JobService
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Workspace
 from slurm.script import DATASET_SLOTS, MODEL_SLOTS, StageIn
@@ -65,7 +65,7 @@ class StageInService:
         self.settings = settings
         self.key = tokens.SessionKey(database)
         jobs.references = self.resolve
-        jobs.secrets["*"] = self.token
+        jobs.secrets[STAGE_IN] = self.token
 
     async def token(self, job_id: str) -> dict[str, str]:
         return {VARIABLE: tokens.make(await self.key.get(), job_id, PURPOSE)}

@@ -101,6 +101,8 @@ Secrets = Callable[[str], Awaitable[Mapping[str, str]]]
 """The variables only the Slurm job of a gateway job id may have (slurm.client.Submission.secrets), made anew
 for each sbatch of it: e.g. an environment session's callback token."""
 
+STAGE_IN = "stage-in"
+"""The secrets of jobs whose spec has ``stage_in`` (gateway.datasets.stagein), whatever their kind."""
 References = Callable[[WorkspaceAccess, Sequence[str], Sequence[str]], Awaitable[list[StageIn]]]
 """(access, datasets, models) -> the stage-ins of the references among them (InvalidInput naming the item)."""
 
@@ -146,15 +148,17 @@ class JobService:
         self.lease = timedelta(seconds=settings.slurm_timeout_seconds) + LEASE_MARGIN
         """After this long, an sbatch that began is over (done, failed or killed by the backend's timeout)."""
         self.secrets: dict[str, Secrets] = {}
-        """By job kind (``*``: every kind): what gives each sbatch of such a job its secrets (registered by the
-        domain)."""
+        """By job kind (and ``STAGE_IN``: jobs that fetch datasets): what gives each sbatch of such a job its
+        secrets (registered by the domain)."""
         self.references: References | None = None
         """What resolves the dataset and model references among a job's mounts (registered by the datasets
         domain); None: only absolute paths are mounts."""
 
-    async def _secrets(self, kind: str, job_id: str) -> Mapping[str, str]:
+    async def _secrets(self, kind: str, job_id: str, spec: Mapping[str, Any]) -> Mapping[str, str]:
+        """The job's secrets: its kind's, and the stage-in token where it fetches datasets (only there: a job
+        sees the environment plain sbatch gives it, and nothing more it does not need)."""
         found: dict[str, str] = {}
-        for make in (self.secrets.get("*"), self.secrets.get(kind)):
+        for make in (self.secrets.get(STAGE_IN) if spec.get("stage_in") else None, self.secrets.get(kind)):
             if make is not None:
                 found.update(await make(job_id))
         return found
@@ -320,7 +324,9 @@ class JobService:
         if existing is not None:
             return _replayed(existing, row["request_hash"]), False
         job = SimpleNamespace(**row)  # the response's view; an ORM object costs a tenth of the request
-        submission = _submission(instance, job, posix_name, ws.slurm_account, await self._secrets(kind, job.id))
+        submission = _submission(
+            instance, job, posix_name, ws.slurm_account, await self._secrets(kind, job.id, job.spec)
+        )
         try:
             slurm_id = await self._sbatch(submission)
         except SubmitRejected as exc:
@@ -356,7 +362,7 @@ class JobService:
                 await self._set(job, state=SUBMIT_FAILED, reason=f"not submitted after a restart: {why}")
                 continue
             try:
-                secrets = await self._secrets(job.kind, job.id)
+                secrets = await self._secrets(job.kind, job.id, job.spec)
                 slurm_id = await self._sbatch(_submission(instance, job, posix_name, account, secrets))
             except SubmitRejected as exc:
                 await self._set(job, state=SUBMIT_FAILED, reason=exc.message)

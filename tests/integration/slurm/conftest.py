@@ -71,14 +71,19 @@ class Cluster(msgspec.Struct, frozen=True):
             time.sleep(0.1 * 2**attempt)
         self.wait_association(user, account)
 
+    def _assoc_mgr(self, user: str, account: str) -> str:
+        """slurmctld's view of the association ('' while it has none: scontrol then exits 1)."""
+        try:
+            return self.run("scontrol", "show", "assoc_mgr", f"users={user}", f"accounts={account}", "flags=assoc")
+        except subprocess.CalledProcessError:
+            return ""
+
     def wait_association(self, user: str, account: str, timeout: float = 20) -> None:
         """Until slurmctld's association manager has the association: a job submitted before that is held with
         reason InvalidAccount for a moment (seen beside other workers' association changes)."""
         deadline = time.monotonic() + timeout
         wanted = f"Account={account} UserName={user}("
-        while wanted not in self.run(
-            "scontrol", "show", "assoc_mgr", f"users={user}", f"accounts={account}", "flags=assoc"
-        ):
+        while wanted not in self._assoc_mgr(user, account):
             if time.monotonic() > deadline:
                 raise AssertionError(f"slurmctld does not know {user}'s association with {account}")
             time.sleep(0.1)
@@ -88,7 +93,10 @@ class Cluster(msgspec.Struct, frozen=True):
 def slurm_cluster() -> Cluster:
     if os.geteuid() != 0:
         pytest.fail("the Slurm integration tests run as root (they start daemons and create POSIX users)")
-    with held("cluster-up"):  # one worker starts what is missing; the others find it running
+    # one worker starts what is missing; the others find it running. Not while a serial test has a daemon
+    # stopped (it holds "cluster" exclusively): this fixture is set up before the test's own turn is taken, and
+    # a worker's first cluster test would otherwise start the stopped slurmctld again under it
+    with held("cluster", shared=True), held("cluster-up"):
         out = subprocess.run([str(REPO / "deploy/dev/slurm/up")], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         pytest.fail(f"deploy/dev/slurm/up failed:\n{out.stderr[-3000:]}")
