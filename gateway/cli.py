@@ -254,6 +254,33 @@ def create_user(
     click.echo(f"created {'admin ' if is_admin else ''}user {name}")
 
 
+@admin.command("rotate-secrets")
+@click.pass_context
+def rotate_secrets(ctx: click.Context) -> None:
+    """Seal every storage source's keys again with the first key of REMOTEGPU_SECRET_KEYS (after putting a new
+    key first); the old key can then be dropped from the setting."""
+    from gateway.crypto import SecretKeyError
+    from gateway.datasets.sources import rotate_secrets as rotate
+
+    settings = _settings(ctx)
+    changed: list[int] = []
+
+    async def work(database: Database) -> None:
+        changed.append(await rotate(database, settings))
+
+    try:
+        _run_db(settings, work)
+    except SecretKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"sealed again with key {_current_key(settings)}: {changed[0]} storage source(s)")
+
+
+def _current_key(settings: Settings) -> str:
+    from gateway.crypto import KeyRing
+
+    return KeyRing.parse(settings.secret_keys).current
+
+
 @main.group()
 def token() -> None:
     """API tokens."""

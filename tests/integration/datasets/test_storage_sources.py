@@ -4,8 +4,11 @@ tests/integration/s3/test_storage_health.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 
 import httpx
@@ -131,3 +134,30 @@ async def test_without_secret_keys_a_source_is_refused_with_503_naming_the_setti
     async with asgi_client(create_app(settings, database=clean_database)) as api:
         r = await api.post(URL, json=BODY, headers=root)
     assert r.status_code == 503 and "REMOTEGPU_SECRET_KEYS" in r.json()["detail"], r.text
+
+
+async def test_the_operator_rotates_the_key_from_the_command_line(
+    api: httpx.AsyncClient, make_user: UserFactory, clean_database: Database, keyed: Settings
+) -> None:
+    root = await make_user("root", admin=True)
+    assert (await api.post(URL, json=BODY, headers=root)).status_code == 201
+    new = base64.b64encode(os.urandom(32)).decode()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("REMOTEGPU_")},
+        "REMOTEGPU_DATABASE_URL": keyed.database_url,
+        "REMOTEGPU_SECRET_KEYS": f"{new},{KEY}",
+    }
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "admin", "rotate-secrets", env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0 and b"1 storage source(s)" in out, err
+    async with clean_database.session() as session:
+        row = (await session.scalars(select(StorageSource))).one()
+        assert sources.credentials(row, KeyRing.parse(new)).secret_key == SECRET
+    env["REMOTEGPU_SECRET_KEYS"] = ""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "admin", "rotate-secrets", env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 1 and b"REMOTEGPU_SECRET_KEYS" in err and b"Traceback" not in err, err
