@@ -52,9 +52,15 @@ STORAGE_SOURCES = (  # S3's bucket rules beyond the pattern; a name already take
     r"a bucket name is not an IP address",
     r"storage source .+ already exists",
 )
-DATASETS = (  # what the state decides: workspaces to share with, the version's paths
+DATASETS = (  # what the state decides: workspaces to share with, the version's paths, the stores there are
     r"no workspace .+",
     r"a relative path without empty, '\.' or '\.\.' segments",
+    r"no enabled storage source .+",
+    r"storage source .+ is down",
+)
+SYNC_TASKS = (  # across fields (explicit nulls pass the schema's alternatives)
+    r"give version_id, or dataset_id and version(: not both)?",
+    r"a two-way sync is incremental \(each direction copies what its target lacks\)",
 )
 STATEFUL: dict[str, tuple[str, ...]] = {
     **{
@@ -64,8 +70,10 @@ STATEFUL: dict[str, tuple[str, ...]] = {
             ("PATCH", ""),
             ("POST", "/versions/{version}/uploads"),
             ("GET", "/versions/{version}/download-url"),
+            ("POST", "/versions"),
         )
     },
+    "POST /api/v1/sync-tasks": SYNC_TASKS,
     "POST /api/v1/storage-sources": STORAGE_SOURCES,
     "POST /api/v1/prices": PRICES,
     "POST /api/v1/workspaces/{ws}/billing/topups": TOPUPS,

@@ -42,8 +42,9 @@ REFUSED_BY_STATE = {
     **{
         f"ApiV1WorkspacesWs{kind}DatasetId{op}": ["400"]  # workspaces to share with; the paths of a version
         for kind in ("Datasets", "Models")
-        for op in ("Update", "VersionsUploadsStartUpload", "VersionsDownloadUrlDownloadUrl")
+        for op in ("Update", "VersionsUploadsStartUpload", "VersionsDownloadUrlDownloadUrl", "VersionsCreateVersion")
     },
+    "ApiV1SyncTasksCreateSyncTask": ["400"],  # across fields: version_id, or dataset_id and version
 }
 """Operations whose schema-valid requests may be refused for the state the gateway and the cluster are in (or a
 rule across fields JSON Schema cannot state); the hooks' check holds each such 400 to a rule it names."""
