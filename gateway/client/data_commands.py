@@ -867,7 +867,7 @@ def make_group(kind: str) -> click.Group:
 
     @click.group(kind)
     def group() -> None:
-        pass
+        """(its help is set below, per kind)"""
 
     group.help = (
         f"The workspace's {plural}: versions of files kept in the S3 stores (immutable once ready), uploaded and "

@@ -17,6 +17,7 @@ S3 calls run in threads, outside any database transaction (a slow store must not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 from datetime import timedelta
@@ -301,10 +302,8 @@ class DatasetService:
             if last is not None:
                 return self._upload_out(last, [], []), False
         if existing is not None and (existing.size, existing.sha256) == (data.size, data.sha256):
-            try:
+            with contextlib.suppress(UploadLost):  # the store dropped it (expired, aborted there): started again below
                 return await self._resume(session, source, version, existing), False
-            except UploadLost:
-                pass  # the store dropped it (expired, aborted there): the file starts again below
         replaced = (done.size if done else 0) + (existing.size if existing else 0)  # counted now, not after
         await self._check_quota(session, access, data.size - replaced)
         if existing is not None:

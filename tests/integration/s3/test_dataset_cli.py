@@ -70,12 +70,11 @@ class SlowProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
-            while data := src.recv(64 * 1024):
-                if up:
-                    self._pace(len(data))
-                dst.sendall(data)
-        except OSError:
-            pass
+            with contextlib.suppress(OSError):  # either side reset: the finally ends the connection
+                while data := src.recv(64 * 1024):
+                    if up:
+                        self._pace(len(data))
+                    dst.sendall(data)
         finally:
             for s in (src, dst):  # either side gone: the connection is over (HTTP never half-closes)
                 with contextlib.suppress(OSError):
