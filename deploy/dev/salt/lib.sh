@@ -1,0 +1,36 @@
+# Shared by deploy/dev/salt/{up,down,status}. Source it after ../lib/common.sh; do not run it.
+# shellcheck shell=bash
+SALT_ROOT="${REMOTEGPU_SALT_ROOT:-/var/tmp/remotegpu-salt}"  # venv, wheels, etc/, the daemons' root_dirs
+SALT_VERSION=3008.3   # 3008.4+ need a certifi newer than the index has (shared/notes/salt.md §1)
+SALT_VENV="$SALT_ROOT/venv"
+SALT_PUBLISH_PORT="${REMOTEGPU_SALT_PUBLISH_PORT:-45505}"
+SALT_RET_PORT="${REMOTEGPU_SALT_RET_PORT:-45506}"
+SALT_API_PORT="${REMOTEGPU_SALT_API_PORT:-48000}"
+SALT_API_URL="http://127.0.0.1:$SALT_API_PORT"
+SALT_API_USER=remotegpu
+SALT_MINIONS=(n1 n2)
+# Salt prefixes a daemon's paths with its root_dir: each daemon's pid file and log live under it
+declare -A SALT_DIR=([master]="$SALT_ROOT/master" [api]="$SALT_ROOT/master")
+for _id in "${SALT_MINIONS[@]}"; do SALT_DIR[minion-$_id]="$SALT_ROOT/nodes/$_id/salt"; done
+unset _id
+salt_pidfile() {  # salt_pidfile NAME (master, api, minion-n1, ...)
+    case $1 in api) echo "${SALT_DIR[api]}/var/run/salt-api.pid" ;; minion-*) echo "${SALT_DIR[$1]}/var/run/salt-minion.pid" ;;
+        *) echo "${SALT_DIR[$1]}/var/run/salt-$1.pid" ;; esac
+}
+salt_log() {  # salt_log NAME
+    case $1 in minion-*) echo "${SALT_DIR[$1]}/var/log/salt/minion" ;; *) echo "${SALT_DIR[$1]}/var/log/salt/$1" ;; esac
+}
+
+salt_pid() {
+    # salt_pid NAME: the PID of daemon NAME (master, api, minion-n1, ...) while it runs: its pid file names a live
+    # process whose command line is that salt daemon with this stack's config dir (never someone else's process)
+    local name=$1 pid prog conf
+    case $name in
+        master) prog=salt-master conf="$SALT_ROOT/etc/master" ;;
+        api) prog=salt-api conf="$SALT_ROOT/etc/master" ;;
+        minion-*) prog=salt-minion conf="$SALT_ROOT/etc/${name#minion-}" ;;
+        *) return 1 ;;
+    esac
+    pid="$(cat "$(salt_pidfile "$name")" 2>/dev/null)" && [ -n "$pid" ] && pid_running "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$prog -c $conf " && echo "$pid"
+}
