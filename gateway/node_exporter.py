@@ -34,7 +34,8 @@ on that GPU, comma-separated and sorted when several share it, empty when none.
 Which Slurm job holds a GPU: NVML's running compute processes give host PIDs; ``/proc/<pid>/cgroup`` of each names
 the job where Slurm confines jobs with cgroups (``TaskPlugin=task/cgroup`` or ``ProctrackType=proctrack/cgroup``):
 cgroup v1 ``…:/slurm[_<node>]/uid_<uid>/job_<id>/step_<step>/…``, cgroup v2
-``0::/system.slice/[<node>_]slurmstepd.scope/job_<id>/step_<step>/…``. Without such a cgroup the process's
+``0::/system.slice/[<node>_]slurmstepd.scope/job_<id>/step_<step>/…`` (the id is the job's own: an array
+task's job id, not ``<array>_<task>``). Without such a cgroup the process's
 ``SLURM_JOB_ID`` is read from ``/proc/<pid>/environ`` (Slurm's ``proctrack/linuxproc`` clusters); that needs root
 or the same user, and a user can set that variable by hand, so it is a hint, not a proof. ``user`` is the owner of
 ``/proc/<pid>``. Limits: only GPUs with a live compute process show a job (an allocated but idle GPU shows none;
@@ -43,8 +44,8 @@ containerised exporter without ``--pid=host`` sees no job); MIG instances are no
 
 A node without NVML exports ``remotegpu_node_nvml_up 0``: the failure is logged once (again only if the reason
 changes), and NVML is initialised again at most every ``--retry`` seconds, at a scrape; no traceback, no error loop.
-If the driver goes away while running (``Uninitialized``/``DriverNotLoaded``), NVML is shut down and retried the same
-way. Exit codes: 0 on SIGTERM/SIGINT, 2 bad arguments or the port cannot be bound.
+If the driver goes away while running (``Uninitialized``/``DriverNotLoaded``, or any error counting the GPUs), NVML
+is shut down and retried the same way. Exit codes: 0 on SIGTERM/SIGINT, 2 bad arguments or the port cannot be bound.
 """
 
 from __future__ import annotations
@@ -321,19 +322,15 @@ class NvmlReader:
         if not self._ensure():
             return Snapshot(nvml_up=False)
         nvml = self._nvml
-        gone = self._classes(_NVML_GONE)
         try:
             count = int(nvml.nvmlDeviceGetCount())
             gpus = tuple(self._read_gpu(i) for i in range(count))
         except _NvmlGone as exc:
             self._drop(exc.__cause__ or exc)
             return Snapshot(nvml_up=False)
-        except nvml.NVMLError as exc:
-            if isinstance(exc, gone):
-                self._drop(exc)
-                return Snapshot(nvml_up=False)
-            self._count_error(exc)
-            return Snapshot(nvml_up=True, driver_version=self._driver_version, nvml_version=self._nvml_version)
+        except nvml.NVMLError as exc:  # no GPU count at all: NVML is of no use until it is initialised again
+            self._drop(exc)
+            return Snapshot(nvml_up=False)
         return Snapshot(
             nvml_up=True,
             driver_version=self._driver_version,

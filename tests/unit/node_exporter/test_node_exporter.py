@@ -478,6 +478,19 @@ def test_driver_gone_mid_run_shuts_down_and_retries(caplog: pytest.LogCaptureFix
     assert nvml.calls["nvmlInit"] == 3
 
 
+def test_any_error_counting_gpus_is_nvml_down() -> None:
+    nvml = FakeNvml([FakeGpu("GPU-a")])
+    collector, clock = make(nvml, retry=30.0)
+    nvml.count_error = pynvml.NVMLError_Unknown()
+    samples = scrape(collector)
+    assert values(samples, "remotegpu_node_nvml_up") == [0.0]
+    assert values(samples, "remotegpu_node_gpus") == []  # not "0 GPUs"
+    assert nvml.calls["nvmlShutdown"] == 1
+    nvml.count_error = None
+    clock.now += 30
+    assert values(scrape(collector), "remotegpu_node_gpus") == [1.0]
+
+
 # ------------------------------------------------------------------------------------------------ the collector
 
 
