@@ -137,3 +137,14 @@ def test_bad_option_exits_2(tmp_path: Path) -> None:
     bad = Exporter(tmp_path, "--interval", "soon")
     assert bad.process.wait(timeout=30) == 2
     assert "--interval: not a number: 'soon'" in bad.stderr
+
+
+def test_imports_only_the_standard_library_prometheus_client_and_pynvml() -> None:
+    """So that a GPU node runs it without the gateway's server stack (litestar, SQLAlchemy, ...)."""
+    program = (
+        "import sys; before = set(sys.modules); import gateway.node_exporter as m; m.NvmlReader()._module(); "
+        "new = {n.split('.')[0] for n in set(sys.modules) - before} - set(sys.stdlib_module_names); "
+        "print(' '.join(sorted(new)))"
+    )
+    found = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert set(found.split()) == {"gateway", "prometheus_client", "pynvml"}
