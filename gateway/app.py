@@ -35,6 +35,8 @@ from gateway.health import healthz, readyz
 from gateway.jobs.controller import JobController
 from gateway.jobs.poller import Poller, recover_at_startup
 from gateway.jobs.service import JobService
+from gateway.nodes.controller import NodeBootstrapController, NodeController
+from gateway.nodes.service import salt_api
 from gateway.observability import RequestContextMiddleware
 from gateway.openapi import docs_asset, openapi_config
 from gateway.slurm_client import make_slurm_client
@@ -62,6 +64,8 @@ CONTROLLERS = [
     StageInController,
     *SYNC_CONTROLLERS,
     BillingController,
+    NodeController,
+    NodeBootstrapController,
 ]
 
 
@@ -84,6 +88,7 @@ def create_app(
     jobs = JobService(db, slurm, settings)
     environments = EnvironmentService(db, settings, jobs)
     stage_in = StageInService(db, settings, jobs)
+    salt = salt_api(settings)  # None without salt_api_url: nodes are listed and drained, not provisioned
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -108,6 +113,8 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await recovery
             await close_proxy_client(app.state)
+            if salt is not None:
+                await salt.close()
             if owns_slurm:
                 await slurm.close()
             if owns_database:
@@ -128,7 +135,14 @@ def create_app(
         middleware=[login_throttle.middleware],
         lifespan=[lifespan],
         state=State(
-            {"settings": settings, "database": db, "jobs": jobs, "environments": environments, "stage_in": stage_in}
+            {
+                "settings": settings,
+                "database": db,
+                "jobs": jobs,
+                "environments": environments,
+                "stage_in": stage_in,
+                "salt": salt,
+            }
         ),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,

@@ -116,6 +116,34 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     sync_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     """How often the worker looks for due sync tasks (copies of versions between storage sources) to claim."""
 
+    salt_api_url: str | None = None
+    """salt-api (rest_cherrypy) that provisions the GPU nodes, e.g. ``http://127.0.0.1:48000``; None: nodes can be
+    registered and drained, not bootstrapped or provisioned."""
+    salt_api_username: str = "remotegpu"
+    salt_api_password: str | None = None
+    """The eauth secret of ``salt_api_username`` (for ``sharedsecret``: the master's ``sharedsecret``)."""
+    salt_api_eauth: str = "sharedsecret"
+    salt_api_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    """How long one salt-api request may take (a provision run waits for its job by polling, not in one call)."""
+    salt_master_host: str | None = None
+    """The salt-master as the nodes reach it (their minion's ``master``); None: salt-api's host."""
+    salt_master_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4506
+    """The master's ``ret_port`` (the minion's ``master_port``)."""
+    salt_publish_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 4505
+    node_bootstrap_secret: str | None = None
+    """Signs the nodes' one-time bootstrap tokens (HMAC-SHA256); None: no token is issued."""
+    node_run_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1800.0
+    """How long a provision run waits for a node's state.apply to return before that node counts as failed."""
+    node_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often a running provision run asks salt-api whether its jobs have returned."""
+    munge_key_path: str = "/etc/munge/munge.key"
+    """The cluster's munge key, sent (base64, in the POST body only) in the pillar of each provision run."""
+    node_pillar_root: str = ""
+    """``remotegpu:root`` of every run's pillar: a prefix for every path the states write ("" on real nodes)."""
+    node_pillar_file: str | None = None
+    """A TOML file of site pillar under ``remotegpu`` (slurm controller, gemini mounts, exporter, ...), merged under
+    what the gateway generates from its inventory."""
+
     def __post_init__(self) -> None:
         if self.slurm_backend == "rest" and not self.slurmrestd_url:
             raise ValueError("slurm_backend 'rest' needs slurmrestd_url")
@@ -135,8 +163,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     def __repr__(self) -> str:
         fields = {f: getattr(self, f) for f in self.__struct_fields__}
         fields["database_url"] = self.database_url_redacted
-        if self.secret_keys:
-            fields["secret_keys"] = "***"
+        for secret in ("secret_keys", "salt_api_password", "node_bootstrap_secret"):
+            if fields[secret]:
+                fields[secret] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 

@@ -4,7 +4,8 @@ The jobs loop polls every job of the cluster with one ``squeue``, then releases 
 that ended and of those that saw no traffic for their ``auto_release_hours``; the accounts loop reconciles
 accounts, associations and GrpTRES with workspaces, members, quotas and billing blocks; the billing loop
 ingests Slurm's accounting every ``billing_interval_seconds`` (gateway.billing.loop); the storage loop checks
-each enabled storage source every ``storage_health_interval_seconds`` (gateway.datasets.sources). A failed
+each enabled storage source every ``storage_health_interval_seconds`` (gateway.datasets.sources); the nodes loop
+claims queued provision runs and drives them through salt-api (gateway.nodes.runs). A failed
 cycle is logged and the next one starts from the database again.
 """
 
@@ -25,6 +26,7 @@ from gateway.environments.ports import release_idle_mappings
 from gateway.environments.service import release_ended_sessions
 from gateway.jobs.poller import Poller
 from gateway.jobs.service import JobService
+from gateway.nodes import runs as node_runs
 from gateway.slurm_client import make_slurm_client
 from gateway.workspaces.slurm_sync import AccountSync
 from slurm.errors import SlurmError
@@ -51,6 +53,7 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
             await billing.cycle()
             await sources.check(database, settings)
             await sync.run_due_tasks(database, settings)
+            await node_runs.run_due(database, settings)
             return
         await asyncio.gather(
             _every(settings.poll_interval_seconds, "jobs", lambda: poll_jobs(poller, database)),
@@ -58,6 +61,7 @@ async def run_worker(settings: Settings, database: Database, *, once: bool = Fal
             _every(settings.billing_interval_seconds, "billing", billing.cycle),
             _every(settings.storage_health_interval_seconds, "storage", lambda: sources.check(database, settings)),
             _every(settings.sync_interval_seconds, "sync", lambda: sync.run_due_tasks(database, settings, wait=False)),
+            _every(settings.node_poll_seconds, "nodes", lambda: node_runs.run_due(database, settings, wait=False)),
         )
     finally:
         await slurm.close()

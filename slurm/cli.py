@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -239,6 +240,10 @@ class CliSlurmClient:
     async def partitions(self) -> list[Partition]:
         return self.dialect.parse_partitions_text(await self._run(["scontrol", "show", "partition", "--oneline"]))
 
+    async def update_node(self, name: str, *, state: str, reason: str | None = None) -> None:
+        argv = node_update_argv(name, state, reason)
+        await self._run(argv)
+
     async def cluster_name(self) -> str | None:
         out = await self._run(["scontrol", "show", "config"])
         for line in out.splitlines():
@@ -307,6 +312,25 @@ class CliSlurmClient:
 
     async def close(self) -> None:
         """Nothing to let go of: every call is its own process."""
+
+
+NODE_STATES = frozenset({"drain", "resume", "undrain"})
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_REASON_BAD = re.compile(r"[\x00-\x1f\x7f\"']")
+
+
+def node_update_argv(name: str, state: str, reason: str | None) -> list[str]:
+    """scontrol's argv for a node's new state; one argument each (no shell), checked so that no value can be
+    read by scontrol as another keyword (a name with ``=`` or a space, a reason with quotes)."""
+    if not _NODE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a node name")
+    if state not in NODE_STATES:
+        raise ValueError(f"state {state!r} is not one of {sorted(NODE_STATES)}")
+    if state == "drain" and not reason:
+        raise ValueError("draining a node needs a reason")
+    if reason is not None and (not reason.strip() or len(reason) > 200 or _REASON_BAD.search(reason)):
+        raise ValueError("a reason is 1-200 printable characters without quotes")
+    return ["scontrol", "update", f"nodename={name}", f"state={state}", *([f"reason={reason}"] if reason else [])]
 
 
 def default_client() -> CliSlurmClient:

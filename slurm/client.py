@@ -76,6 +76,11 @@ class SlurmClient(Protocol):
         """Every partition, in one call (the cluster snapshot)."""
         ...
 
+    async def update_node(self, name: str, *, state: str, reason: str | None = None) -> None:
+        """``scontrol update nodename=NAME state=STATE [reason=REASON]`` as the gateway (a Slurm operator):
+        ``drain`` (a reason is required), ``resume``, ``undrain``."""
+        ...
+
     async def cluster_name(self) -> str | None:
         """The cluster's ``ClusterName`` (None where the backend cannot tell)."""
         ...

@@ -519,6 +519,13 @@ class RestSlurmClient:
             self._test_only = CliSlurmClient(slurm_conf=self.slurm_conf, timeout=self.timeout)
         return await self._test_only.test_only(submission)
 
+    async def update_node(self, name: str, *, state: str, reason: str | None = None) -> None:
+        """slurmrestd 22.05 cannot change a node (v0.0.38 has only GET /node): ``scontrol update`` through the
+        CLI backend, as the gateway."""
+        if self._test_only is None:
+            self._test_only = CliSlurmClient(slurm_conf=self.slurm_conf, timeout=self.timeout)
+        await self._test_only.update_node(name, state=state, reason=reason)
+
     async def cancel(self, job_id: int, *, user: str) -> None:
         # scancel says nothing (exit 0) about a job the controller does not know: neither do we
         await self._call("DELETE", f"{_SLURM}/job/{job_id}", user=user, tolerate=(_INVALID_JOB_ID,))

@@ -8,6 +8,7 @@ from gateway.datasets.models import Dataset, DatasetFile, DatasetVersion, Replic
 from gateway.db.base import Base
 from gateway.environments.models import Environment, EnvironmentEvent, EnvironmentSession, PortMapping
 from gateway.jobs.models import TrainingJob
+from gateway.nodes.models import BootstrapToken, Node, ProvisionRun, RunTarget, StateResult
 from gateway.workspaces.models import Member, Quota, Workspace
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "AuditEntry",
     "Balance",
     "Base",
+    "BootstrapToken",
     "ClusterSnapshot",
     "Dataset",
     "DatasetFile",
@@ -25,11 +27,15 @@ __all__ = [
     "IngestCursor",
     "LedgerEntry",
     "Member",
+    "Node",
     "PortMapping",
     "Price",
+    "ProvisionRun",
     "Quota",
     "Replica",
+    "RunTarget",
     "SshKey",
+    "StateResult",
     "StorageSource",
     "TrainingJob",
     "Upload",

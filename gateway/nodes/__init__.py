@@ -1,0 +1,1 @@
+"""GPU nodes: registration, bootstrap tokens, provisioning through salt-api, drain and resume."""
