@@ -4,6 +4,9 @@ path: ``nvml_up 0``, one warning however many scrapes and init retries; where NV
 
 from __future__ import annotations
 
+import functools
+import os
+import pwd
 import re
 import signal
 import socket
@@ -18,6 +21,7 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.node_exporter import ProcessOwner, ProcessResolver
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -148,3 +152,89 @@ def test_imports_only_the_standard_library_prometheus_client_and_pynvml() -> Non
     )
     found = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
     assert set(found.split()) == {"gateway", "prometheus_client", "pynvml"}
+
+
+# ---------------------------------------------------------------------------------- Slurm job of a real process
+
+
+def cgroup_mounts() -> tuple[Path | None, Path | None]:
+    """A writable cgroup v1 hierarchy (the freezer's, or any) and the cgroup v2 mount, from /proc/mounts."""
+    v1: Path | None = None
+    v2: Path | None = None
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, where, kind, options, *_ = line.split()
+        if kind == "cgroup2" and v2 is None:
+            v2 = Path(where)
+        elif kind == "cgroup" and (v1 is None or "freezer" in options.split(",")):
+            v1 = Path(where)
+    return v1, v2
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "120"], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "31337"})
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def move_into(process: subprocess.Popen[bytes], top: Path, below: str) -> list[Path]:
+    """Make ``top/below`` (a Slurm-like cgroup path) and move the process there; the made directories, deepest
+    first, for the caller to remove once the process is gone."""
+    made: list[Path] = []
+    path = top
+    for part in below.split("/"):
+        path = path / part
+        path.mkdir()
+        made.insert(0, path)
+    (path / "cgroup.procs").write_text(str(process.pid))
+    return made
+
+
+def remove(made: list[Path], process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
+    for directory in made:
+        eventually(functools.partial(_rmdir, directory), within=10, every=0.1)
+
+
+def _rmdir(directory: Path) -> bool:
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # the killed process may linger in it for a moment
+    return True
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_job_of_a_real_process_from_its_cgroup(version: str, sleeper: subprocess.Popen[bytes]) -> None:
+    v1, v2 = cgroup_mounts()
+    top = v1 if version == "v1" else v2
+    if os.geteuid() != 0 or top is None or not os.access(top, os.W_OK):
+        pytest.skip(f"needs root and a writable cgroup {version} hierarchy")
+    tag = f"rgputest{os.getpid()}"
+    below = (
+        f"slurm_{tag}/uid_0/job_4242/step_0"
+        if version == "v1"
+        else f"{tag}.slice/{tag}_slurmstepd.scope/job_4243/step_0/user/task_0"
+    )
+    made = move_into(sleeper, top, below)
+    try:
+        assert below in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+        # The cgroup wins over the SLURM_JOB_ID in the process's environment.
+        expected = "4242" if version == "v1" else "4243"
+        assert ProcessResolver().resolve(sleeper.pid) == ProcessOwner(expected, "root")
+    finally:
+        remove(made, sleeper)
+
+
+def test_job_of_a_real_process_from_its_environment(sleeper: subprocess.Popen[bytes]) -> None:
+    """``proctrack/linuxproc`` clusters (like the test cluster here) put jobs in no cgroup: SLURM_JOB_ID it is."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert ProcessResolver().resolve(sleeper.pid) == ProcessOwner("31337", user)
+    own = os.environ.get("SLURM_JOB_ID")  # pytest itself: in no job, unless the suite runs inside one
+    assert ProcessResolver().resolve(os.getpid()).job == (own if own and own.isdigit() else None)
