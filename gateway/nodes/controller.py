@@ -166,7 +166,7 @@ class NodeController(Controller):
         admin: CurrentActor,
         request: Request[object, object, State],
         name: NameParam,
-        data: JSONBody[ResumeBody] | None = None,
+        data: JSONBody[ResumeBody | None] = None,
     ) -> NodeOut:
         """``scontrol update state=resume``: the node takes work again."""
         state = request.app.state

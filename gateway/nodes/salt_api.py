@@ -132,13 +132,15 @@ class SaltApi:
         self, minion: str, states: Sequence[str], *, test: bool, pillar: Mapping[str, Any]
     ) -> str:
         """Start ``state.apply`` of ``states`` on one minion; its jid."""
-        kwarg: dict[str, Any] = {"test": test, "pillar": dict(pillar)}
+        # queue: a state run already going on the minion (someone's salt-call) makes this one wait, not fail
+        kwarg: dict[str, Any] = {"test": test, "pillar": dict(pillar), "queue": True}
         ret = await self.run(
             {"client": "local_async", "tgt": minion, "tgt_type": "list", "fun": "state.apply",
              "arg": [",".join(states)], "kwarg": kwarg}
         )  # fmt: skip
         jid = ret.get("jid") if isinstance(ret, Mapping) else None
-        if not jid:  # salt-api answers {} (or "") when no minion matched the target
+        minions = ret.get("minions") if isinstance(ret, Mapping) else None
+        if not jid or (isinstance(minions, list) and minion not in minions):  # {} or no minion: none matched
             raise SaltApiError(f"Salt started no job on {minion!r}: is its key accepted?")
         return str(jid)
 

@@ -165,7 +165,7 @@ async def _last_runs(
         .join(sub, sub.c.run_id == ProvisionRun.id)
         .join(RunTarget, (RunTarget.run_id == ProvisionRun.id) & (RunTarget.node_id == sub.c.node_id))
     )
-    return {target.node_id: (run, target) for run, target in rows.tuples() if target.node_id is not None}
+    return {target.node_id: (run, target) for run, target in rows if target.node_id is not None}
 
 
 async def list_nodes(session: AsyncSession, settings: Settings) -> NodesOut:
@@ -219,7 +219,7 @@ def bootstrap_command(settings: Settings, node: str, token: str) -> str:
         f"{key}={shlex.quote(value)}"
         for key, value in (("REMOTEGPU_URL", base), ("REMOTEGPU_NODE", node), ("REMOTEGPU_TOKEN", token))
     )
-    return f"curl -fsS {shlex.quote(base + SCRIPT_PATH)} | sudo env {env} sh"
+    return f"curl -fsS {shlex.quote(base + SCRIPT_PATH)} | env {env} sh"
 
 
 async def _issue(session: AsyncSession, settings: Settings, node: Node) -> BootstrapTokenOut | None:
@@ -502,7 +502,7 @@ async def run_results(session: AsyncSession, run_id: int, node: str | None) -> l
             duration_ms=r.duration_ms,
             run_num=r.run_num,
         )
-        for name, r in (await session.execute(query)).tuples()
+        for name, r in await session.execute(query)
     ]
 
 

@@ -62,7 +62,11 @@ async def test_logs_in_once_and_again_when_the_token_is_refused() -> None:
         assert await salt.state_apply_async("n1", ["remotegpu"], test=False, pillar={}) == "2026"
         assert api.logins == 2
     low = api.bodies[0][0]
-    assert low["arg"] == ["remotegpu.munge,remotegpu.slurmd"] and low["kwarg"] == {"test": True, "pillar": pillar}
+    assert low["arg"] == ["remotegpu.munge,remotegpu.slurmd"] and low["kwarg"] == {
+        "test": True,
+        "pillar": pillar,
+        "queue": True,
+    }
     assert low["tgt_type"] == "list"
     assert all("c2VjcmV0" not in url and PASSWORD not in url for url in api.urls)  # secrets only in bodies
 
