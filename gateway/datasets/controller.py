@@ -27,7 +27,7 @@ from gateway.datasets.schemas import (
     VersionOut,
 )
 from gateway.datasets.service import DatasetService
-from gateway.datasets.stagein import StageInService, StageManifest
+from gateway.datasets.stagein import StageInService, StageManifest, StageReport
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, AppSettings, CurrentActor, DbSession
 from gateway.dependencies import Page as PageParams
 from gateway.errors import NotFound, Unauthorized
@@ -256,8 +256,24 @@ class StageInController(Controller):
     async def stage_in_manifest(
         self, request: Request[object, object, State], db_session: DbSession, state: State, slot: SlotParam
     ) -> StageManifest:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("a stage-in token is required")
         service: StageInService = state.stage_in
-        return await service.manifest(db_session, token.strip(), slot)
+        return await service.manifest(db_session, _stage_token(request), slot)
+
+    @post("/{slot:str}/report", status_code=204, summary="A starting job's node says how its stage-in went")
+    async def stage_in_report(
+        self,
+        request: Request[object, object, State],
+        db_session: DbSession,
+        state: State,
+        slot: SlotParam,
+        data: JSONBody[StageReport],
+    ) -> None:
+        service: StageInService = state.stage_in
+        await service.report(db_session, _stage_token(request), slot, data)
+
+
+def _stage_token(request: Request[object, object, State]) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a stage-in token is required")
+    return token.strip()

@@ -14,13 +14,17 @@ may wait in the queue for longer than a URL lives.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Any
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.accounts.models import User
+from gateway.actor import Actor
+from gateway.audit.writer import record
 from gateway.config import Settings
 from gateway.datasets import routing, sources
 from gateway.datasets.models import DATASET, MODEL, READY, Dataset, DatasetFile, DatasetVersion
@@ -28,7 +32,7 @@ from gateway.datasets.service import _user_type, ready_replicas, routed
 from gateway.db.session import Database
 from gateway.environments import tokens
 from gateway.errors import InvalidInput, NotFound, Unauthorized
-from gateway.jobs.models import TrainingJob
+from gateway.jobs.models import STAGE_IN_EVENT, JobEvent, TrainingJob
 from gateway.jobs.service import FINAL_STATES, STAGE_IN, JobService
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Workspace
@@ -39,6 +43,10 @@ VARIABLE = "REMOTEGPU_STAGE_TOKEN"
 PURPOSE = "stage-in"
 URL_SECONDS = 6 * 3600
 """How long the URLs a starting job gets stay good: the whole fetch, however large."""
+STAGE_INS = Counter("remotegpu_stage_ins_total", "Stage-ins reported by jobs' nodes", ["kind", "outcome"])
+FAILOVERS = Counter(
+    "remotegpu_routing_failovers_total", "Files a node fetched from a later replica after a store failed", ["source"]
+)
 
 
 class StageFile(msgspec.Struct, kw_only=True):
@@ -55,6 +63,25 @@ class StageManifest(msgspec.Struct, kw_only=True):
     files: list[StageFile]
     sources: list[str]
     """The storage sources behind ``urls``, in the same order."""
+
+
+class StageFailover(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    source: Annotated[str, msgspec.Meta(max_length=128)]
+    """The storage source that failed (one of the manifest's)."""
+    path: Annotated[str, msgspec.Meta(max_length=1024)]
+    error: Annotated[str, msgspec.Meta(max_length=500)]
+
+
+class StageReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a node's stage-in did, sent once at its end (success or not): the job's history shows it, the
+    failovers are counted and audited."""
+
+    ok: bool
+    message: Annotated[str, msgspec.Meta(max_length=2000)]
+    failovers: Annotated[list[StageFailover], msgspec.Meta(max_length=100)] = msgspec.field(default_factory=list)
+    files: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bytes_fetched: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cache_hits: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class StageInService:
@@ -84,8 +111,8 @@ class StageInService:
                     found.append(StageIn(slot=slots[i][0], reference=ref, version_id=version.id))
         return found
 
-    async def manifest(self, session: AsyncSession, token: str, slot: str) -> StageManifest:
-        """The slot's files and their URLs, for the job whose token this is (while it has not ended)."""
+    async def _item(self, session: AsyncSession, token: str, slot: str) -> tuple[TrainingJob, dict[str, Any]]:
+        """The job whose token this is (while it has not ended) and what it fetches into ``slot``."""
         job_id = tokens.verified_job_id(await self.key.get(), token, PURPOSE)
         if job_id is None:
             raise Unauthorized("not a stage-in token of this gateway")
@@ -95,6 +122,48 @@ class StageInService:
         item = next((s for s in job.spec.get("stage_in", []) if s["slot"] == slot), None)
         if item is None:
             raise NotFound(f"the job fetches nothing into {slot!r}", field="slot")
+        return job, item
+
+    async def report(self, session: AsyncSession, token: str, slot: str, data: StageReport) -> None:
+        """A node's stage-in ended: one job event (its history) and an audit entry per replica that failed."""
+        job, item = await self._item(session, token, slot)
+        what = f"{item['reference']} into /gemini/{slot}"
+        session.add(
+            JobEvent(
+                job_id=job.id,
+                workspace_id=job.workspace_id,
+                old_state=job.state,
+                new_state=job.state,
+                kind=STAGE_IN_EVENT,
+                reason=f"{what}: {data.message}" if data.ok else f"could not fetch {what}: {data.message}",
+            )
+        )
+        STAGE_INS.labels(kind=job.kind, outcome="ok" if data.ok else "failed").inc()
+        for failed in data.failovers:
+            FAILOVERS.labels(source=failed.source).inc()
+        if data.failovers:
+            record(
+                session,
+                Actor.system("stage-in"),
+                "routing.failover",
+                target_type="job",
+                target=job.id,
+                workspace_id=job.workspace_id,
+                details={
+                    "slot": slot,
+                    "reference": item["reference"],
+                    "failed": sorted({f.source for f in data.failovers}),
+                    "files": len(data.failovers),
+                    "first_error": data.failovers[0].error,
+                },
+            )
+        await session.commit()
+        log.info("stage_in_report", job_id=job.id, slot=slot, ok=data.ok, failovers=len(data.failovers))
+
+    async def manifest(self, session: AsyncSession, token: str, slot: str) -> StageManifest:
+        """The slot's files and their URLs, for the job whose token this is (while it has not ended)."""
+        job, item = await self._item(session, token, slot)
+        job_id = job.id
         user = await session.get(User, job.user_id) if job.user_id else None
         request = routing.RouteRequest(
             user_type=_user_type(user), node_region=None, purpose="read", key=f"{item['version_id']}:{job_id}"

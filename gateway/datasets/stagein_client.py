@@ -72,8 +72,29 @@ def _download(url: str, size: int, sha256: str, into: Path) -> Path:
     return Path(tmp)
 
 
-def _cached(cache: Path, entry: dict[str, object], sources: Sequence[str]) -> tuple[Path, bool]:
-    """The file's path in the cache, and whether it was there already."""
+def _report(gateway: str, slot: str, token: str, report: dict[str, object]) -> None:
+    """Tell the gateway how the stage-in went (the job's history, failover metrics); never fails the job."""
+    url = f"{gateway.rstrip('/')}/api/v1/stage-in/{slot}/report"
+    for attempt in range(3):
+        try:
+            r = httpx.post(url, json=report, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        except httpx.TransportError:
+            time.sleep(2**attempt)
+            continue
+        if r.status_code < 300:
+            return
+        if r.status_code < 500:
+            _say(f"the gateway refused the stage-in's report: HTTP {r.status_code} {r.text[:300]}")
+            return
+        time.sleep(2**attempt)
+    _say("could not tell the gateway how the stage-in went")
+
+
+def _cached(
+    cache: Path, entry: dict[str, object], sources: Sequence[str], failovers: list[dict[str, str]]
+) -> tuple[Path, bool]:
+    """The file's path in the cache, and whether it was there already; each replica that failed on the way is
+    added to ``failovers``."""
     sha, size = str(entry["sha256"]), int(str(entry["size"]))
     place = cache / sha[:2] / sha
     if place.is_file() and place.stat().st_size == size:
@@ -85,6 +106,7 @@ def _cached(cache: Path, entry: dict[str, object], sources: Sequence[str]) -> tu
             got = _download(url, size, sha, place.parent)
         except (httpx.HTTPError, ValueError, OSError) as exc:
             _say(f"{entry['path']}: storage source {source} failed ({exc}); trying the next replica")
+            failovers.append({"source": source, "path": str(entry["path"])[:1024], "error": str(exc)[:500]})
             continue
         got.chmod(0o444)
         got.replace(place)
@@ -112,27 +134,44 @@ def _read_only(root: Path) -> None:
 
 def stage(gateway: str, slot: str, dest: Path, cache: Path, token: str) -> int:
     manifest = _manifest(gateway, slot, token)
+    failovers: list[dict[str, str]] = []
+    counts = {"files": 0, "bytes_fetched": 0, "cache_hits": 0}
+    try:
+        message = _fill(manifest, dest, cache, failovers, counts)
+    except SystemExit as exc:
+        why = str(exc.code).removeprefix("remotegpu-stage-in: ")
+        _report(gateway, slot, token, {"ok": False, "message": why[:2000], "failovers": failovers[:100], **counts})
+        raise
+    _say(message)
+    _report(gateway, slot, token, {"ok": True, "message": message[:2000], "failovers": failovers[:100], **counts})
+    return 0
+
+
+def _fill(
+    manifest: dict[str, object], dest: Path, cache: Path, failovers: list[dict[str, str]], counts: dict[str, int]
+) -> str:
+    """The slot filled from the cache and the replicas; what to say about it."""
     sources = [str(s) for s in manifest["sources"]]  # type: ignore[attr-defined]
     files = list(manifest["files"])  # type: ignore[call-overload]
     if not sources and files:
         raise SystemExit(f"remotegpu-stage-in: no storage source holds {manifest['reference']} now")
     dest.mkdir(parents=True, exist_ok=True)
-    started, hits, fetched = time.monotonic(), 0, 0
+    started = time.monotonic()
     for entry in files:
         relative = Path(str(entry["path"]))
         if relative.is_absolute() or ".." in relative.parts:  # the gateway never sends one; never trusted
             raise SystemExit(f"remotegpu-stage-in: refusing the path {entry['path']!r}")
-        cached, hit = _cached(cache, entry, sources)
-        hits += hit
-        fetched += 0 if hit else int(entry["size"])
+        cached, hit = _cached(cache, entry, sources, failovers)
+        counts["files"] += 1
+        counts["cache_hits"] += hit
+        counts["bytes_fetched"] += 0 if hit else int(entry["size"])
         _place(cached, dest / relative)
     _read_only(dest)
     total = sum(int(e["size"]) for e in files)
-    _say(
-        f"{manifest['reference']} in {dest}: {len(files)} files, {total} bytes ({hits} from the node's cache, "
-        f"{fetched} bytes fetched) in {time.monotonic() - started:.1f} s"
+    return (
+        f"{manifest['reference']} in {dest}: {len(files)} files, {total} bytes ({counts['cache_hits']} from the "
+        f"node's cache, {counts['bytes_fetched']} bytes fetched) in {time.monotonic() - started:.1f} s"
     )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

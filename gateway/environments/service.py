@@ -54,7 +54,7 @@ from gateway.environments.schemas import (
 from gateway.environments.state import Derived, derive, is_active
 from gateway.environments.states import STATES
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from gateway.jobs.models import ENVIRONMENT, JobEvent, TrainingJob, new_job_id
+from gateway.jobs.models import ENVIRONMENT, STAGE_IN_EVENT, JobEvent, TrainingJob, new_job_id
 from gateway.jobs.schemas import JobCreate
 from gateway.jobs.service import FINAL_STATES, JobService, SlurmDown
 from gateway.schemas import Pagination
@@ -160,6 +160,7 @@ class Row(msgspec.Struct):
             job.state,
             state_unknown=job.state_unknown,
             job_reason=job.reason,
+            exit_code=job.exit_code,
             reported_at=session.reported_at,
             stop_requested=session.stop_requested_at is not None,
             stop_requested_by=session.stop_actor,
@@ -718,14 +719,20 @@ class EnvironmentService:
         ]
         sessions = select(EnvironmentSession.job_id).where(EnvironmentSession.environment_id == row.env.id)
         changes = await session.scalars(
-            select(JobEvent).where(JobEvent.job_id.in_(sessions), JobEvent.kind == "state").order_by(JobEvent.id)
+            select(JobEvent)
+            .where(JobEvent.job_id.in_(sessions), JobEvent.kind.in_(("state", STAGE_IN_EVENT)))
+            .order_by(JobEvent.id)
         )
         out += [
             EnvironmentEventOut(
                 id=f"j{e.id}",
                 at=e.at,
-                kind="session_state",
-                message=f"{e.old_state} -> {e.new_state}" + (f" ({e.reason})" if e.reason else ""),
+                kind="session_state" if e.kind == "state" else "stage_in",
+                message=(
+                    f"{e.old_state} -> {e.new_state}" + (f" ({e.reason})" if e.reason else "")
+                    if e.kind == "state"
+                    else e.reason or ""
+                ),
                 actor=None,
                 job_id=e.job_id,
             )

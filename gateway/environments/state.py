@@ -11,7 +11,7 @@ from datetime import datetime
 
 import msgspec
 
-from gateway.jobs.models import SUBMIT_FAILED, SUBMITTING
+from gateway.jobs.models import STAGE_IN_FAILED, SUBMIT_FAILED, SUBMITTING
 from slurm.records import JobState
 
 FAILED_ENDS = frozenset({"FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", SUBMIT_FAILED})
@@ -40,6 +40,7 @@ def derive(
     *,
     state_unknown: bool = False,
     job_reason: str | None = None,
+    exit_code: int | None = None,
     reported_at: datetime | None = None,
     stop_requested_by: str | None = None,
     stop_requested: bool = False,
@@ -53,6 +54,8 @@ def derive(
             return Derived("stopped", f"stopped by {stop_requested_by}" if stop_requested_by else "stopped")
         if job_state == SUBMIT_FAILED:
             return Derived("failed", f"not submitted: {job_reason}" if job_reason else "not submitted")
+        if job_state == "FAILED" and exit_code == STAGE_IN_FAILED and reported_at is None:
+            return Derived("failed", "could not fetch its datasets or models (its events say why)")
         if job_state in FAILED_ENDS:
             return Derived("failed", f"{why} (Slurm: {job_state})")
         return Derived("stopped", f"{why} (Slurm: {job_state})")

@@ -120,7 +120,8 @@ class JobController(Controller):
 
     @get("/{job_id:str}/events")
     async def events(self, db_session: DbSession, access: Access, jobs: Jobs, job_id: JobId) -> list[JobEventOut]:
-        """The job's state changes, and the cancel, hold and release requests (who, when), oldest first."""
+        """The job's state changes, the cancel, hold and release requests (who, when) and what its stage-in
+        reported, oldest first."""
         return [
             JobEventOut(
                 id=e.id,

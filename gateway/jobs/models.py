@@ -61,6 +61,12 @@ class TrainingJob(TimestampMixin, Base):
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+STAGE_IN_EVENT = "stage-in"
+"""The kind of the event a job's stage-in report becomes (gateway.datasets.stagein), both states the job's then."""
+STAGE_IN_FAILED = 75
+"""The exit code of a batch script whose stage-in failed (EX_TEMPFAIL; slurm.script)."""
+
+
 class JobEvent(Base):
     """A change of a job's state, written in the transaction that made it: the job's history, and what other
     domains (billing, environments) follow (those with ``kind`` "state"); and each cancel, hold and release a

@@ -326,7 +326,8 @@ class TestOnlyOut(msgspec.Struct):
 
 
 class JobEventOut(msgspec.Struct, kw_only=True):
-    """One change of a job's state (``kind`` "state"), or a cancel, hold or release someone asked for."""
+    """One change of a job's state (``kind`` "state"), a cancel, hold or release someone asked for, or what its
+    node's stage-in reported (``kind`` "stage-in", in ``reason``)."""
 
     id: int
     old_state: str | None

@@ -33,6 +33,9 @@ NOW = datetime(2026, 12, 2, tzinfo=UTC)
         ("NODE_FAIL", {}, "failed", "node failed"),
         ("FAILED", {"stop_requested": True}, "stopped", "stopped"),
         ("OUT_OF_MEMORY", {}, "failed", "out of memory"),
+        ("FAILED", {"exit_code": 75}, "failed", "could not fetch its datasets"),  # the stage-in's exit
+        ("FAILED", {"exit_code": 75, "reported_at": NOW}, "failed", "supervisor failed"),  # the supervisor's own
+        ("FAILED", {"exit_code": 1}, "failed", "supervisor failed"),
         ("SUBMIT_FAILED", {"job_reason": "Invalid partition"}, "failed", "Invalid partition"),
         ("TIMEOUT", {"state_unknown": True}, "stopped", "time limit"),  # an end is an end
     ],

@@ -77,6 +77,9 @@ async def _job_env(watcher: SlurmClient, job_id: int, home: str) -> dict[str, st
     return dict(e.split("=", 1) for e in entries)
 
 
+# alone: a job pending for an association slurmctld dropped while other workers added and removed theirs
+# (slurmdbd 22.05; seen once in CI as reason InvalidAccount) would compare nothing
+@pytest.mark.serial
 @pytest.mark.parametrize("export", [None, "NONE", "ALL,BAR=given", "FOO,BAR=given"])
 async def test_the_job_gets_the_environment_raw_sbatch_gives_it(
     export: str | None,

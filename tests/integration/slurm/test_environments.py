@@ -63,7 +63,7 @@ class Team:
             seen: dict[str, Any] = self.env(role, f"/{env_id}").json()
             if seen["state"] in states and (not ssh or seen["ssh"] is not None):
                 return seen
-            assert time.monotonic() < deadline, seen
+            assert time.monotonic() < deadline, repr(seen)
             time.sleep(0.3)
 
 

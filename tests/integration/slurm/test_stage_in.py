@@ -17,6 +17,7 @@ import httpx
 
 from tests.integration.s3.conftest import s3_bucket, s3_stores  # noqa: F401  (the fixtures)
 from tests.integration.slurm.conftest import Cluster, Gateway, PosixUserFactory
+from tests.integration.slurm.test_environments import Team, ssh, team  # noqa: F401  (team: the fixture)
 from tests.s3 import Stores
 
 SCRIPT = """#!/bin/bash
@@ -72,7 +73,8 @@ def _replicate(gateway: Gateway, stores: Stores, bucket: str, version_prefix: st
     db.close()
 
 
-def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> tuple[str, str]:
+def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> tuple[str, str, str]:
+    """A job with ``datasets`` run to its end: its state, its output, its id."""
     r = api.post(
         f"/api/v1/workspaces/{ws}/jobs",
         json={"name": "staged", "script": SCRIPT, "datasets": datasets, "time_minutes": 5},
@@ -86,7 +88,17 @@ def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> t
             break
         time.sleep(0.5)
     logs = api.get(f"/api/v1/workspaces/{ws}/jobs/{job}/logs").json()["lines"]
-    return state, "\n".join(logs)
+    return state, "\n".join(logs), job
+
+
+def _sources(api: httpx.Client, stores: Stores, bucket: str) -> None:
+    stores.b.client().create_bucket(Bucket=bucket)
+    for name, store, priority in (("first", stores.a, 1), ("second", stores.b, 2)):
+        body = {
+            "name": name, "type": "generic", "endpoint": store.endpoint, "bucket": bucket, "priority": priority,
+            "access_key": store.access_key, "secret_key": store.secret_key,
+        }  # fmt: skip
+        api.post("/api/v1/storage-sources", json=body).raise_for_status()
 
 
 def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
@@ -99,13 +111,7 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
 ) -> None:
     user = posix_user()
     root, token = _api(gateway, gateway.token("root", admin=True)), _api(gateway, gateway.token(user))
-    s3_stores.b.client().create_bucket(Bucket=s3_bucket)
-    for name, store, priority in (("first", s3_stores.a, 1), ("second", s3_stores.b, 2)):
-        body = {
-            "name": name, "type": "generic", "endpoint": store.endpoint, "bucket": s3_bucket, "priority": priority,
-            "access_key": store.access_key, "secret_key": store.secret_key,
-        }  # fmt: skip
-        root.post("/api/v1/storage-sources", json=body).raise_for_status()
+    _sources(root, s3_stores, s3_bucket)
     ws = "stage"
     made = root.post("/api/v1/workspaces", json={"slug": ws, "name": ws, "owner": user, "slurm_account": slurm_account})
     assert made.status_code == 201, made.text
@@ -117,7 +123,7 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
     shutil.rmtree(cache, ignore_errors=True)
     try:
         with gateway.worker():
-            state, out = _run(gateway, token, ws, ["imagenet-mini"])
+            state, out, _ = _run(gateway, token, ws, ["imagenet-mini"])
             assert state == "COMPLETED", out
             staged, *program = out.splitlines()
             assert program == [expected, "0 cat", "1 dog", "read-only"], out
@@ -127,19 +133,58 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
             shutil.rmtree(cache, ignore_errors=True)
             s3_stores.a.kill()
             try:
-                state, out = _run(gateway, token, ws, ["imagenet-mini:1"])
+                state, out, job = _run(gateway, token, ws, ["imagenet-mini:1"])
             finally:
                 s3_stores.a.restart()
             assert state == "COMPLETED", out
             assert expected in out and "storage source first failed" in out and "trying the next replica" in out, out
+            # the node told the gateway: the job's history, the failover metric and an audit entry say so
+            history = token.get(f"/api/v1/workspaces/{ws}/jobs/{job}/events").json()
+            staged_in = [e for e in history if e["kind"] == "stage-in"]
+            assert len(staged_in) == 1 and "imagenet-mini:1 into /gemini/data-1: " in staged_in[0]["reason"], history
+            metrics = httpx.get(f"{gateway.url}/metrics").text
+            assert 'remotegpu_routing_failovers_total{source="first"} 2.0' in metrics, metrics
+            audit = root.get("/api/v1/audit", params={"action": "routing.failover"}).json()["items"]
+            assert [(a["target"], a["details"]["failed"]) for a in audit] == [(job, ["first"])], audit
 
             # and again: everything from the node's cache
-            state, out = _run(gateway, token, ws, ["imagenet-mini"])
+            state, out, _ = _run(gateway, token, ws, ["imagenet-mini"])
             assert state == "COMPLETED" and "2 from the node's cache, 0 bytes fetched" in out, out
 
         r = token.post(
             f"/api/v1/workspaces/{ws}/jobs", json={"name": "x", "script": SCRIPT, "datasets": ["/data", "nothing:2"]}
         )
         assert r.status_code == 400 and r.json()["errors"][0]["field"] == "datasets[1]", r.text
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_an_environment_sees_its_dataset_staged_in_read_only(
+    team: Team,  # noqa: F811
+    gateway: Gateway,
+    s3_stores: Stores,  # noqa: F811
+    s3_bucket: str,  # noqa: F811
+) -> None:
+    owner = team.names["owner"]
+    _sources(httpx.Client(base_url=gateway.url, headers=team.admin, timeout=60), s3_stores, s3_bucket)
+    data = os.urandom(1024 * 1024 + 3)
+    api = httpx.Client(base_url=gateway.url, headers=team.headers["owner"], timeout=60)
+    _upload(api, "/api/v1/workspaces/lab/datasets", {"train/a.bin": data, "labels.txt": b"0 cat\n"})
+    cache = Path(f"/tmp/remotegpu-cache-{pwd.getpwnam(owner).pw_uid}")
+    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        with gateway.worker():
+            made = team.env("owner", method="POST", name="nb", services=["ssh"], datasets=["imagenet-mini:1"])
+            assert made.status_code == 201, made.text
+            view = team.wait("owner", made.json()["id"], {"running"}, ssh=True)
+            done = ssh(
+                view,
+                team.keys["owner"],
+                'sha256sum "$GEMINI_DATA_IN1/train/a.bin" | cut -d" " -f1; cat "$GEMINI_DATA_IN1/labels.txt"; '
+                'touch "$GEMINI_DATA_IN1/x" 2>/dev/null && echo writable || echo read-only',
+            )
+            assert done.stdout.split("\n")[:3] == [hashlib.sha256(data).hexdigest(), "0 cat", "read-only"], done
+            events = team.env("owner", f"/{view['id']}/events").json()
+            assert [e["message"].split(":")[0] for e in events if e["kind"] == "stage_in"] == ["imagenet-mini"], events
     finally:
         shutil.rmtree(cache, ignore_errors=True)
