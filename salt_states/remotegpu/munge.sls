@@ -52,8 +52,11 @@ remotegpu_munge_key:
       - remotegpu_munge_key_mode
 {% else %}
 remotegpu_munge_key:
-  test.fail_without_changes:
+  test.configurable_test_state:
     - name: {{ key }}
+    - changes: False
+    - result: False
+    - allow_test_mode_failure: True
     - comment: 'No munge key in pillar (remotegpu:munge:key_b64): the gateway sends the cluster''s key; munged cannot start without it.'
 {% endif %}
 

@@ -32,7 +32,7 @@ remotegpu_users_pillar:
     - changes: False
     - result: False
     - allow_test_mode_failure: True
-    - comment: {{ ('Invalid pillar, no user or group touched (names: a-z 0-9 _ -, ids: numbers): ' ~ bad | join('; ')) | json }}
+    - comment: {{ ('Invalid pillar, nothing touched (user and group names: a-z 0-9 _ -; ids: numbers): ' ~ bad | join('; ')) | json }}
 {% elif not rg.groups and not rg.users %}
 remotegpu_users_none:
   test.show_notification:

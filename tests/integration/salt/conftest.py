@@ -28,6 +28,9 @@ class SaltStack(msgspec.Struct, frozen=True):
     root: Path
     """The stack's own directory (REMOTEGPU_SALT_ROOT, /var/tmp/remotegpu-salt): venv, configs, keys, logs."""
 
+    def __repr__(self) -> str:  # never the secret (pytest prints fixtures' values when a test fails)
+        return f"SaltStack(api_url={self.api_url!r}, username={self.username!r}, password='***', root={self.root!r})"
+
     def node_root(self, minion: str) -> Path:
         """The scratch root the dev pillar gives ``minion`` (remotegpu:root) when a run's pillar names none."""
         return self.root / "nodes" / minion / "root"
