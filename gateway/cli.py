@@ -987,5 +987,9 @@ from gateway.client.data_commands import dataset_group, model_group  # noqa: E40
 main.add_command(dataset_group)
 main.add_command(model_group)
 
+from gateway.client.node_commands import node_group  # noqa: E402 - as env_group above
+
+main.add_command(node_group)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -250,9 +252,23 @@ async def test_bootstrap_from_the_one_liner_to_a_minion_that_answers(
 def _bootstrap(served: tuple[str, Path], root: dict[str, str], salt_stack: SaltStack, tmp_path: Path) -> None:
     url, log = served
     node = f"rgt-{uuid.uuid4().hex[:8]}"
-    made = httpx.post(f"{url}{URL}", json={"name": node, "address": "127.0.0.1"}, headers=root, timeout=30)
-    assert made.status_code == 201, made.text
-    command, token = made.json()["bootstrap"]["command"], made.json()["bootstrap"]["token"]
+    cli_env = {
+        "PATH": os.environ["PATH"],
+        "REMOTEGPU_URL": url,
+        "REMOTEGPU_TOKEN": root["Authorization"].removeprefix("Bearer "),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        remotegpu = str(REPO / ".venv/bin/remotegpu")
+        return subprocess.run([remotegpu, "node", *argv], env=cli_env, capture_output=True, text=True, timeout=60)
+
+    made = cli("add", node, "--address", "127.0.0.1")
+    assert made.returncode == 0 and made.stdout.startswith(f"registered node {node}\n"), made.stderr
+    command = made.stdout.strip().splitlines()[-1]
+    words = shlex.split(command.split("|", 1)[1])
+    token = next(w for w in words if w.startswith("REMOTEGPU_TOKEN=")).removeprefix("REMOTEGPU_TOKEN=")
+    assert token.startswith(f"{node}.")
 
     # the minion's own root: its config dir is where the script writes (REMOTEGPU_SALT_DIR)
     minion_root = Path("/var/tmp") / f"rgt-minion-{uuid.uuid4().hex[:8]}"  # short: Salt's sockets live under it
@@ -284,6 +300,13 @@ def _bootstrap(served: tuple[str, Path], root: dict[str, str], salt_stack: SaltS
             assert time.monotonic() < deadline, (minion_root / "var/log/salt/minion").read_text()[-3000:]
             time.sleep(1)
 
+        listed = cli("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        mine = next(n for n in json.loads(listed.stdout)["items"] if n["name"] == node)
+        assert mine["key_state"] == "bootstrapped" and mine["bootstrapped_at"]
+        shown = cli("show", node)
+        assert shown.returncode == 0 and "key:         bootstrapped" in shown.stdout, shown.stderr
+
         # the same token again: 401
         again = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "refused the token" in again.stderr
@@ -291,8 +314,8 @@ def _bootstrap(served: tuple[str, Path], root: dict[str, str], salt_stack: SaltS
         assert token not in text and "PRIVATE KEY" not in text
     finally:
         _stop_minion(pidfile)
-        removed = httpx.delete(f"{url}{URL}/{node}", headers=root, timeout=30)
-        assert removed.status_code == 204, removed.text
+        removed = cli("remove", node, "--yes")
+        assert removed.returncode == 0 and removed.stdout == f"removed node {node}\n", removed.stderr
         keys = salt_stack.call("key.list_all", client="wheel")["data"]["return"]
         assert node not in keys.get("minions", []) and node not in keys.get("minions_pre", [])
         shutil.rmtree(minion_root, ignore_errors=True)
