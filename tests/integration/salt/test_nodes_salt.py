@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -146,6 +147,45 @@ async def test_dry_run_then_apply_into_a_scratch_root_with_per_state_results(
     assert rows and all(secret not in msgspec.json.encode([r.comment, r.changes, r.name]).decode() for r in rows)
     assert all(secret not in msgspec.json.encode(e.details).decode() for e in entries)
     assert {e.action for e in entries} >= {"node.provision", "node.run_submitted", "node.run_node_ended"}
+
+
+async def test_a_run_whose_worker_dies_is_taken_over_without_a_second_job(
+    api: httpx.AsyncClient, make_user: UserFactory, clean_database: Database, salted: Settings, salt_stack: SaltStack
+) -> None:
+    root = await make_user("root", admin=True)
+    for name in salt_stack.minions:
+        assert (await api.post(URL, json={"name": name, "address": "127.0.0.1"}, headers=root)).status_code == 201
+    run_id = await _provision(api, root, "/provision", {"states": ["remotegpu.gemini"]})
+    short = runs.RunOptions(lease_seconds=2, backoff_seconds=1)
+    salt = runs.salt_api(salted)
+    assert salt is not None
+    claimed = await clean_database.run(lambda s: runs.claim(s, run_id, "worker-a", short.lease_seconds))
+    assert claimed
+    dying = asyncio.create_task(runs.run_one(clean_database, salted, salt, run_id, "worker-a", short))
+    for _ in range(200):  # until both nodes have their job
+        got = (await api.get(f"{URL}/runs/{run_id}", headers=root)).json()
+        if all(t["jid"] for t in got["targets"]):
+            break
+        await asyncio.sleep(0.05)
+    jids = {t["node"]: t["jid"] for t in got["targets"]}
+    assert all(jids.values()), got
+    dying.cancel()  # the worker is gone, its lease left to expire
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+    await salt.close()
+    assert await runs.run_due(clean_database, salted, options=short, owner="worker-b") == []  # still leased
+    await asyncio.sleep(2.2)
+    assert await runs.run_due(clean_database, salted, options=short, owner="worker-b") == [run_id]
+    run = (await api.get(f"{URL}/runs/{run_id}", headers=root)).json()
+    assert run["status"] == "done" and run["attempts"] == 2, run["targets"]
+    assert {t["node"]: t["jid"] for t in run["targets"]} == jids  # followed, not submitted again
+    assert len(await _entries(clean_database, "node.run_submitted")) == 2
+    assert len(await _entries(clean_database, "node.run_node_ended")) == 2
+
+
+async def _entries(database: Database, action: str) -> list[AuditEntry]:
+    async with database.session() as session:
+        return list((await session.scalars(select(AuditEntry).where(AuditEntry.action == action))).all())
 
 
 def _file(path: Path) -> tuple[bytes, int] | None:
