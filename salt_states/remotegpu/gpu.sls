@@ -11,7 +11,10 @@ remotegpu_gpu_none:
   test.show_notification:
     - text: {{ ('No NVIDIA GPU on this node (grains gpus: '
                ~ (grains.get('gpus', []) | map(attribute='model') | join(', ') or 'none')
-               ~ '): driver and CUDA not installed, nothing to do.') | json }}
+               ~ '): driver and CUDA not installed, nothing to do.'
+               ~ ('' if salt['cmd.has_exec']('lspci') else
+                  ' lspci is missing here, so Salt sees no GPU at all: install pciutils and refresh grains'
+                  ~ ' (saltutil.refresh_grains) if this node has one.')) | json }}
 {% else %}
 remotegpu_gpu_found:
   test.show_notification:

@@ -34,3 +34,25 @@ salt_pid() {
     pid="$(cat "$(salt_pidfile "$name")" 2>/dev/null)" && [ -n "$pid" ] && pid_running "$pid" || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$prog -c $conf " && echo "$pid"
 }
+
+descendants() {  # descendants PID: the PIDs of PID's children, grandchildren, ...
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$child"; descendants "$child"; done
+}
+
+salt_stop() {
+    # salt_stop NAME: SIGTERM to the daemon's main process (it stops its own workers), then wait up to 20 s for it and
+    # every process under it to be gone; what is left gets SIGKILL, by PID
+    local name=$1 pid pids left
+    pid="$(salt_pid "$name")" || { rm -f "$(salt_pidfile "$name")"; return 0; }
+    pids="$pid $(descendants "$pid" | tr '\n' ' ')"
+    say "stopping salt $name (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        left=""; for p in $pids; do pid_running "$p" && left+="$p "; done
+        [ -z "$left" ] && break
+        sleep 0.2
+    done
+    for p in $left; do kill -9 "$p" 2>/dev/null || true; done
+    rm -f "$(salt_pidfile "$name")"
+}
