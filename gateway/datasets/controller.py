@@ -243,6 +243,14 @@ def dataset_controllers(settings: Settings) -> list[type[Controller]]:
 
 
 SlotParam = Annotated[str, PathParameter(pattern=r"^(data-[123]|pretrain[23]?)$", max_length=16)]
+NodeParam = Annotated[
+    str | None,
+    QueryParameter(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        max_length=63,
+        description="the Slurm node the stage-in runs on: replicas in its region come first",
+    ),
+]
 
 
 class StageInController(Controller):
@@ -254,10 +262,15 @@ class StageInController(Controller):
 
     @get("/{slot:str}", summary="A starting job's dataset or model: its files and where to fetch them")
     async def stage_in_manifest(
-        self, request: Request[object, object, State], db_session: DbSession, state: State, slot: SlotParam
+        self,
+        request: Request[object, object, State],
+        db_session: DbSession,
+        state: State,
+        slot: SlotParam,
+        node: NodeParam = None,
     ) -> StageManifest:
         service: StageInService = state.stage_in
-        return await service.manifest(db_session, _stage_token(request), slot)
+        return await service.manifest(db_session, _stage_token(request), slot, node)
 
     @post("/{slot:str}/report", status_code=204, summary="A starting job's node says how its stage-in went")
     async def stage_in_report(

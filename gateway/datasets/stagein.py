@@ -34,6 +34,7 @@ from gateway.environments import tokens
 from gateway.errors import InvalidInput, NotFound, Unauthorized
 from gateway.jobs.models import STAGE_IN_EVENT, JobEvent, TrainingJob
 from gateway.jobs.service import FINAL_STATES, STAGE_IN, JobService
+from gateway.nodes.models import Node
 from gateway.workspaces.access import WorkspaceAccess
 from gateway.workspaces.models import Workspace
 from slurm.script import DATASET_SLOTS, MODEL_SLOTS, StageIn
@@ -160,13 +161,17 @@ class StageInService:
         await session.commit()
         log.info("stage_in_report", job_id=job.id, slot=slot, ok=data.ok, failovers=len(data.failovers))
 
-    async def manifest(self, session: AsyncSession, token: str, slot: str) -> StageManifest:
-        """The slot's files and their URLs, for the job whose token this is (while it has not ended)."""
+    async def manifest(self, session: AsyncSession, token: str, slot: str, node: str | None = None) -> StageManifest:
+        """The slot's files and their URLs, for the job whose token this is (while it has not ended), in routing's
+        order for the region of ``node`` (where the stage-in runs, as it says; else the job's first node as the
+        poller saw it) when that node is registered (gateway.nodes)."""
         job, item = await self._item(session, token, slot)
         job_id = job.id
         user = await session.get(User, job.user_id) if job.user_id else None
+        where = node or (job.nodes[0] if job.nodes else None)
+        region = await session.scalar(select(Node.region).where(Node.name == where)) if where else None
         request = routing.RouteRequest(
-            user_type=_user_type(user), node_region=None, purpose="read", key=f"{item['version_id']}:{job_id}"
+            user_type=_user_type(user), node_region=region, purpose="read", key=f"{item['version_id']}:{job_id}"
         )
         ordered = routed(
             await ready_replicas(session, item["version_id"]),

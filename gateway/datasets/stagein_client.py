@@ -34,9 +34,12 @@ def _say(message: str) -> None:
 
 def _manifest(gateway: str, slot: str, token: str) -> dict[str, object]:
     url = f"{gateway.rstrip('/')}/api/v1/stage-in/{slot}"
+    node = os.environ.get("SLURMD_NODENAME")  # routing puts the replicas of this node's region first
     for attempt in range(5):
         try:
-            r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            r = httpx.get(
+                url, params={"node": node} if node else None, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
         except httpx.TransportError as exc:
             _say(f"the gateway did not answer ({exc}); trying again")
             time.sleep(2**attempt)
@@ -92,13 +95,13 @@ def _report(gateway: str, slot: str, token: str, report: dict[str, object]) -> N
 
 def _cached(
     cache: Path, entry: dict[str, object], sources: Sequence[str], failovers: list[dict[str, str]]
-) -> tuple[Path, bool]:
-    """The file's path in the cache, and whether it was there already; each replica that failed on the way is
-    added to ``failovers``."""
+) -> tuple[Path, str | None]:
+    """The file's path in the cache, and the source it came from (None: it was there already); each replica
+    that failed on the way is added to ``failovers``."""
     sha, size = str(entry["sha256"]), int(str(entry["size"]))
     place = cache / sha[:2] / sha
     if place.is_file() and place.stat().st_size == size:
-        return place, True
+        return place, None
     place.parent.mkdir(parents=True, exist_ok=True)
     urls = [str(u) for u in entry["urls"]]  # type: ignore[attr-defined]
     for source, url in zip(sources, urls, strict=False):
@@ -110,7 +113,7 @@ def _cached(
             continue
         got.chmod(0o444)
         got.replace(place)
-        return place, False
+        return place, source
     raise SystemExit(f"remotegpu-stage-in: no replica gave {entry['path']} whole (sources: {', '.join(sources)})")
 
 
@@ -156,21 +159,25 @@ def _fill(
     if not sources and files:
         raise SystemExit(f"remotegpu-stage-in: no storage source holds {manifest['reference']} now")
     dest.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, used = time.monotonic(), set[str]()
     for entry in files:
         relative = Path(str(entry["path"]))
         if relative.is_absolute() or ".." in relative.parts:  # the gateway never sends one; never trusted
             raise SystemExit(f"remotegpu-stage-in: refusing the path {entry['path']!r}")
-        cached, hit = _cached(cache, entry, sources, failovers)
+        cached, source = _cached(cache, entry, sources, failovers)
         counts["files"] += 1
-        counts["cache_hits"] += hit
-        counts["bytes_fetched"] += 0 if hit else int(entry["size"])
+        if source is None:
+            counts["cache_hits"] += 1
+        else:
+            counts["bytes_fetched"] += int(entry["size"])
+            used.add(source)
         _place(cached, dest / relative)
     _read_only(dest)
     total = sum(int(e["size"]) for e in files)
+    origin = f" from {', '.join(sorted(used))}" if used else ""
     return (
         f"{manifest['reference']} in {dest}: {len(files)} files, {total} bytes ({counts['cache_hits']} from the "
-        f"node's cache, {counts['bytes_fetched']} bytes fetched) in {time.monotonic() - started:.1f} s"
+        f"node's cache, {counts['bytes_fetched']} bytes fetched{origin}) in {time.monotonic() - started:.1f} s"
     )
 
 

@@ -128,6 +128,7 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
             staged, *program = out.splitlines()
             assert program == [expected, "0 cat", "1 dog", "read-only"], out
             assert "imagenet-mini in" in staged and "2 files, 3145747 bytes (0 from the node's cache" in staged
+            assert "3145747 bytes fetched from first)" in staged, staged
 
             # the first store dies: the job's files come from the second replica (the node's cache emptied first)
             shutil.rmtree(cache, ignore_errors=True)
@@ -150,6 +151,15 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
             # and again: everything from the node's cache
             state, out, _ = _run(gateway, token, ws, ["imagenet-mini"])
             assert state == "COMPLETED" and "2 from the node's cache, 0 bytes fetched" in out, out
+
+            # the nodes are registered in the second store's region: its replica comes first for them
+            root.patch("/api/v1/storage-sources/second", json={"region": "eu-1"}).raise_for_status()
+            for node in ("n1", "n2"):
+                body = {"name": node, "address": "127.0.0.1", "region": "eu-1"}
+                assert root.post("/api/v1/nodes", json=body).status_code == 201
+            shutil.rmtree(cache, ignore_errors=True)
+            state, out, _ = _run(gateway, token, ws, ["imagenet-mini"])
+            assert state == "COMPLETED" and "3145747 bytes fetched from second)" in out, out
 
         r = token.post(
             f"/api/v1/workspaces/{ws}/jobs", json={"name": "x", "script": SCRIPT, "datasets": ["/data", "nothing:2"]}
