@@ -18,6 +18,10 @@
 
 {{ scratch_note('remotegpu_exporter_scratch') }}
 
+{% if exporter.get('user') and not (exporter.user | string) | regex_match('^([a-z_][a-z0-9_-]{0,31})$') %}
+{% do bad.append('remotegpu:exporter:user ' ~ exporter.user | json ~ ' (a user name, or empty)') %}
+{% endif %}
+
 {% if bad %}
 remotegpu_exporter_pillar:
   test.configurable_test_state:
@@ -38,6 +42,7 @@ remotegpu_exporter_unit:
         command: {{ exporter.command | string | json }}
         listen: {{ exporter.listen | string | json }}
         port: {{ exporter.port | int }}
+        user: {{ (exporter.get('user') or '') | string | json }}
 
 {% if host_steps %}
 {#- systemd reads a changed unit only after a daemon-reload; service.running then (re)starts it #}

@@ -242,6 +242,7 @@ Type=simple
 ExecStart=/opt/remotegpu/venv/bin/remotegpu-node-exporter --listen 0.0.0.0 --port 9835
 Restart=on-failure
 RestartSec=5
+# an unprivileged user of its own; it tells jobs apart by /proc/<pid>/cgroup (Slurm's task/cgroup)
 DynamicUser=yes
 SupplementaryGroups=video
 NoNewPrivileges=yes
@@ -386,6 +387,25 @@ def test_gres_autodetect_no_gpus_and_configless(salt_stack: SaltStack, scratch: 
     assert not any(s["changes"] for s in again.values())
 
 
+def test_exporter_unit_follows_the_pillar(salt_stack: SaltStack, scratch: Path) -> None:
+    unit = scratch / "etc/systemd/system/remotegpu-node-exporter.service"
+    apply(salt_stack, "remotegpu.exporter", node_pillar(scratch), test=False)
+    assert unit.read_text() == UNIT
+    exporter = {
+        "port": 9100,
+        "listen": "127.0.0.1",
+        "command": "/usr/local/bin/remotegpu-node-exporter",
+        "user": "root",
+    }
+    states = by_id(apply(salt_stack, "remotegpu.exporter", node_pillar(scratch, exporter=exporter), test=False)["n1"])
+    assert states["remotegpu_exporter_unit"]["changes"]["diff"].count("\n+") >= 3
+    text = unit.read_text()
+    assert "ExecStart=/usr/local/bin/remotegpu-node-exporter --listen 127.0.0.1 --port 9100\n" in text
+    assert "\nUser=root\n" in text and "DynamicUser" not in text
+    again = by_id(apply(salt_stack, "remotegpu.exporter", node_pillar(scratch, exporter=exporter), test=False)["n1"])
+    assert not any(s["changes"] for s in again.values())
+
+
 @pytest.mark.parametrize(
     ("mods", "changes", "named"),
     [
@@ -414,6 +434,7 @@ def test_gres_autodetect_no_gpus_and_configless(salt_stack: SaltStack, scratch: 
         ("remotegpu.gemini", {"gemini": {"cache_max_gb": "lots"}}, "remotegpu:gemini:cache_max_gb"),
         ("remotegpu.exporter", {"exporter": {"command": "/bin/sh -c reboot"}}, "remotegpu:exporter:command"),
         ("remotegpu.exporter", {"exporter": {"port": 70000}}, "remotegpu:exporter:port"),
+        ("remotegpu.exporter", {"exporter": {"user": "root\nExecStartPre=/bin/x"}}, "remotegpu:exporter:user"),
         ("remotegpu.users", {"users": [{"name": "Bob;id", "uid": 1}]}, "remotegpu:users[0]"),
         ("remotegpu.users", {"groups": [{"name": "ok", "gid": "x"}]}, "remotegpu:groups[0]"),
     ],
