@@ -90,7 +90,13 @@ async def test_allow_names_every_method_of_a_path(client: httpx.AsyncClient, spe
     for path, item in spec["paths"].items():
         url = path.replace("{ws}", "abc").replace("{job_id}", "a" * 32).replace("{token_id}", "1")
         url = url.replace("{name}", "bob").replace("{user}", "bob").replace("{key_id}", "1")
-        for param, value in (("dataset_id", "a" * 32), ("upload_id", "a" * 32), ("version", "1"), ("task_id", "1")):
+        for param, value in (
+            ("dataset_id", "a" * 32),
+            ("upload_id", "a" * 32),
+            ("version", "1"),
+            ("task_id", "1"),
+            ("run_id", "1"),
+        ):
             url = url.replace(f"{{{param}}}", value)
         url = url.replace("{slot}", "data-1")
         documented = {m.upper() for m in item if m != "parameters"} | {"OPTIONS"}
