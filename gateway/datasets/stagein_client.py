@@ -6,16 +6,23 @@ takes it from the node-local cache when a file of that SHA-256 and size is there
 ``$REMOTEGPU_CACHE_DIR`` or ``/tmp/remotegpu-cache-<uid>``: jobs of the same user on the node share it); else
 downloads it from the first replica's URL, checking size and SHA-256 as it writes, and on any failure from the
 next replica's; a file that no replica gives whole and unaltered fails the stage-in (exit 1, the job ends: no
-job runs on partial data). The slot gets hard links to the cache (copies where the cache is on another file
-system), files mode 0444 and directories 0555: read-only for the program.
+job runs on partial data). The slot gets hard links to the cache, files mode 0444 and directories 0555:
+read-only for the program. Where the cache is on another file system than the slot (a node-local cache, the
+layout on a shared home or /gemini mount), the tree of links is made beside the cache instead, in
+``<cache>/slots/<job>.<slot>``, and the slot becomes a symlink to it: no dataset is ever copied into a home
+directory. Those trees go when their job has left ``squeue`` (looked at by the next stage-in of the user on the
+node).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,9 +130,67 @@ def _place(cached: Path, target: Path) -> None:
         target.unlink()
     try:
         os.link(cached, target)
-    except OSError:  # another file system
+    except OSError:  # a file system without hard links
         shutil.copyfile(cached, target)
         target.chmod(0o444)
+
+
+def _link_tree(cache: Path, dest: Path, slot: str) -> Path:
+    """Where the slot's links go: ``dest`` itself when it shares the cache's file system, else a tree beside
+    the cache that ``dest`` (the layout's empty directory, or a link from an earlier try) then points to."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.stat().st_dev != cache.stat().st_dev:
+        _prune_slots(cache)
+        job = os.environ.get("SLURM_JOB_ID") or str(os.getpid())
+        tree = cache / "slots" / f"{job}.{slot}"
+        _remove_tree(tree)
+        tree.mkdir(parents=True)
+        return tree
+    if any(dest.iterdir()):  # a tree from an earlier try of the job (a requeue): made again
+        _remove_tree(dest)
+        dest.mkdir()
+    return dest
+
+
+def _point(dest: Path, tree: Path) -> None:
+    if tree == dest:
+        return
+    if dest.is_symlink():
+        dest.unlink()
+    else:
+        _remove_tree(dest)  # the layout's empty directory (or a tree of links from an earlier try)
+    dest.symlink_to(tree, target_is_directory=True)
+
+
+def _remove_tree(tree: Path) -> None:
+    if not tree.exists() or tree.is_symlink():
+        return
+    for path, _, _ in os.walk(tree):
+        with contextlib.suppress(OSError):
+            Path(path).chmod(0o755)
+    shutil.rmtree(tree, ignore_errors=True)
+
+
+def _prune_slots(cache: Path) -> None:
+    """The trees of links of this user's jobs that have left squeue: gone (their files stay in the cache)."""
+    slots = cache / "slots"
+    if not slots.is_dir():
+        return
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return
+    try:
+        live = subprocess.run(  # noqa: S603 - a fixed program; the user name is the caller's own
+            [squeue, "-h", "-u", getpass.getuser(), "-o", "%A"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return
+    if live.returncode != 0:
+        return  # no answer is not "no jobs"
+    running = set(live.stdout.split())
+    for tree in slots.iterdir():
+        if tree.name.split(".", 1)[0] not in running:
+            _remove_tree(tree)
 
 
 def _read_only(root: Path) -> None:
@@ -158,7 +223,7 @@ def _fill(
     files = list(manifest["files"])  # type: ignore[call-overload]
     if not sources and files:
         raise SystemExit(f"remotegpu-stage-in: no storage source holds {manifest['reference']} now")
-    dest.mkdir(parents=True, exist_ok=True)
+    tree = _link_tree(cache, dest, str(manifest["slot"]))
     started, used = time.monotonic(), set[str]()
     for entry in files:
         relative = Path(str(entry["path"]))
@@ -171,8 +236,9 @@ def _fill(
         else:
             counts["bytes_fetched"] += int(entry["size"])
             used.add(source)
-        _place(cached, dest / relative)
-    _read_only(dest)
+        _place(cached, tree / relative)
+    _read_only(tree)
+    _point(dest, tree)
     total = sum(int(e["size"]) for e in files)
     origin = f" from {', '.join(sorted(used))}" if used else ""
     return (
