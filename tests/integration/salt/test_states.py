@@ -138,6 +138,14 @@ def test_every_state_dry_run_through_salt_api(salt_stack: SaltStack, scratch: Pa
         assert states["remotegpu_user_alice"]["fun"] == "user.present"
 
 
+def test_highstate_applies_the_formula_through_top_sls(salt_stack: SaltStack, scratch: Path) -> None:
+    ret = salt_stack.call("state.apply", tgt="n2", kwarg={"test": True, "queue": True, "pillar": node_pillar(scratch)})
+    states = by_id(ret["n2"])
+    assert {s["__sls__"] for s in states.values()} == set(STATES)
+    assert not [s for s in states.values() if s["result"] is False]
+    assert list(scratch.iterdir()) == []
+
+
 def test_host_mode_dry_run_changes_nothing_on_this_machine(salt_stack: SaltStack) -> None:
     """remotegpu:root "" is a real node: the dry run reads this machine's /etc but changes nothing."""
     watched = [
