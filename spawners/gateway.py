@@ -22,6 +22,8 @@ from spawners.client import GatewayError, GatewayUnreachable, call
 
 HUB_PREFIXES = ("JUPYTERHUB_", "JPY_")
 RESOURCE_FIELDS = ("gpus", "gpu_type", "cpus", "mem_mib", "time_minutes", "partition", "image")
+FORM_WORKSPACES = 10
+"""The form lists the datasets and models of this many of the user's workspaces at most (two calls each)."""
 
 
 def first(form: dict[str, list[str]], key: str) -> str:
@@ -148,7 +150,28 @@ class GatewaySpawner(BatchSpawnerBase):  # type: ignore[misc]
             cluster = await self._api("GET", "/cluster")
         except (GatewayError, GatewayUnreachable) as error:
             return f'<p class="alert alert-danger">The gateway did not answer: {html.escape(str(error))}</p>'
-        return render_form(me, cluster, self.user_options or {})
+        return render_form(me, cluster, self.user_options or {}, await self._readable(me))
+
+    async def _readable(self, me: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+        """Per kind ("datasets", "models") and workspace, the ``NAME:VERSION`` of each ready newest version the
+        user may mount (the form shows them as hints; a list the gateway does not give is left out)."""
+        slugs = [w["workspace"] for w in (me.get("workspaces") or [])][:FORM_WORKSPACES]
+
+        async def one(kind: str, slug: str) -> tuple[str, str, list[str]]:
+            try:
+                page = await self._api("GET", f"/workspaces/{quote(slug, safe='')}/{kind}?limit=100")
+            except (GatewayError, GatewayUnreachable):
+                return kind, slug, []
+            items = page.get("items") or []
+            ready = [i for i in items if (i.get("latest") or {}).get("status") == "ready"]
+            return kind, slug, [f"{i['name']}:{i['latest']['version']}" for i in ready]
+
+        found = await asyncio.gather(*(one(kind, slug) for kind in ("datasets", "models") for slug in slugs))
+        out: dict[str, dict[str, list[str]]] = {"datasets": {}, "models": {}}
+        for kind, slug, names in found:
+            if names:
+                out[kind][slug] = names
+        return out
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         return user_options_of(formdata)
@@ -266,9 +289,13 @@ def _number(key: str, label: str, value: object, minimum: str, step: str = "1") 
     return _group(key, label, f'<input class="form-control" name="{key}" id="{key}" {attrs}>')
 
 
-def _lines(key: str, label: str, lines: list[str]) -> str:
+def _lines(key: str, label: str, lines: list[str], hints: dict[str, list[str]] | None = None) -> str:
     text = html.escape("\n".join(lines))
-    return _group(key, label, f'<textarea class="form-control" name="{key}" id="{key}">{text}</textarea>')
+    field = f'<textarea class="form-control" name="{key}" id="{key}">{text}</textarea>'
+    if hints:
+        shown = "; ".join(f"{slug}: {', '.join(names)}" for slug, names in sorted(hints.items()))
+        field += f'\n<p class="help-block">Ready to mount: {html.escape(shown)}</p>'
+    return _group(key, label, field)
 
 
 def _checkbox(value: str, label: str, checked: bool) -> str:
@@ -276,8 +303,15 @@ def _checkbox(value: str, label: str, checked: bool) -> str:
     return f'<label><input type="checkbox" name="services" value="{value}"{mark}> {label}</label> '
 
 
-def render_form(me: dict[str, Any], cluster: dict[str, Any], previous: dict[str, Any]) -> str:
-    """The spawn form (plain HTML in the hub's page: nothing loaded from elsewhere)."""
+def render_form(
+    me: dict[str, Any],
+    cluster: dict[str, Any],
+    previous: dict[str, Any],
+    readable: dict[str, dict[str, list[str]]] | None = None,
+) -> str:
+    """The spawn form (plain HTML in the hub's page: nothing loaded from elsewhere); ``readable``: per kind and
+    workspace, the versions the user may mount, shown under their fields."""
+    readable = readable or {}
     workspaces = [(w["workspace"], f"{w['workspace']} ({w['role']})") for w in (me.get("workspaces") or [])]
     if not workspaces:
         return '<p class="alert alert-warning">You are in no workspace yet: ask a workspace owner to add you.</p>'
@@ -304,11 +338,13 @@ def render_form(me: dict[str, Any], cluster: dict[str, Any], previous: dict[str,
                 "datasets",
                 "Datasets (NAME[:VERSION] of the workspace, or a path on the nodes; one per line, at most 3)",
                 previous.get("datasets", []),
+                readable.get("datasets"),
             ),
             _lines(
                 "models",
                 "Models (NAME[:VERSION] of the workspace, or a path on the nodes; one per line, at most 3)",
                 previous.get("models", []),
+                readable.get("models"),
             ),
             '<input type="hidden" name="services_given" value="1">\n<div class="checkbox">',
             _checkbox("ssh", "SSH", "ssh" in services),

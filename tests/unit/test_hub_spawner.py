@@ -92,6 +92,11 @@ def test_form_lists_workspaces_and_free_gpus_and_escapes() -> None:
     assert 'value="lab"' in page and "a100 (3 of 4 free)" in page and "<script>" not in page
     assert "in no workspace" in render_form({"workspaces": []}, cluster, {})
     assert "http" not in page  # nothing loaded from elsewhere
+    assert "Ready to mount" not in page
+    readable = {"datasets": {"lab": ["imagenet:3", "coco:1"], "vision": ["<b>:1"]}, "models": {}}
+    page = render_form(me, cluster, {}, readable)
+    assert "Ready to mount: lab: imagenet:3, coco:1; vision: &lt;b&gt;:1</p>" in page
+    assert page.count("Ready to mount") == 1  # no models: no hint
 
 
 def test_the_hub_s_variables_are_checked_sealed_and_read_back() -> None:

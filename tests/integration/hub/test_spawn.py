@@ -10,7 +10,10 @@ import httpx
 import pytest
 
 from tests.integration.hub.conftest import Hub, login, make_workspace
+from tests.integration.s3.conftest import s3_bucket, s3_stores  # noqa: F401  (the fixtures)
 from tests.integration.slurm.conftest import WS, Cluster, Gateway, PosixUserFactory
+from tests.integration.slurm.test_stage_in import _sources, _upload
+from tests.s3 import Stores
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -34,16 +37,27 @@ def xsrf(client: httpx.Client) -> str:
 
 
 def test_a_named_server_is_an_environment_on_slurm(
-    hub: Hub, gateway: Gateway, posix_user: PosixUserFactory, slurm_account: str, slurm_cluster: Cluster
+    hub: Hub,
+    gateway: Gateway,
+    posix_user: PosixUserFactory,
+    slurm_account: str,
+    slurm_cluster: Cluster,
+    s3_stores: Stores,  # noqa: F811
+    s3_bucket: str,  # noqa: F811
 ) -> None:
     name = posix_user()
     token = gateway.token(name)
     admin = make_workspace(gateway, name, slurm_account)
     mine = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=gateway.url, headers=admin, timeout=60) as root:
+        _sources(root, s3_stores, s3_bucket)
+    with httpx.Client(base_url=gateway.url, headers=mine, timeout=60) as api:
+        _upload(api, f"{WS}/hub/datasets", {"labels.txt": b"0 cat\n"})
     with gateway.worker(), hub.client() as browser:
         login(browser, name, f"{name}-password")
         form = browser.get(f"/hub/spawn/{name}/dev")
         assert form.status_code == 200 and 'value="hub"' in form.text, form.text[-2000:]
+        assert "Ready to mount: hub: imagenet-mini:1</p>" in form.text, form.text[-3000:]
 
         # a refusal is the gateway's message on the form, not a traceback
         bad = browser.post(
