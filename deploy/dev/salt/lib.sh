@@ -8,17 +8,27 @@ SALT_RET_PORT="${REMOTEGPU_SALT_RET_PORT:-45506}"
 SALT_API_PORT="${REMOTEGPU_SALT_API_PORT:-48000}"
 SALT_API_URL="http://127.0.0.1:$SALT_API_PORT"
 SALT_API_USER=remotegpu
-SALT_MINIONS=(n1 n2)
+# the dev minions: n1 n2, or REMOTEGPU_SALT_MINIONS="n1 n2 n3 ..." (a benchmark's; up records the list in
+# $SALT_ROOT/minions, and down and status use that record)
+if [ -n "${REMOTEGPU_SALT_MINIONS:-}" ]; then
+    read -ra SALT_MINIONS <<<"$REMOTEGPU_SALT_MINIONS"
+elif [ -s "$SALT_ROOT/minions" ]; then
+    read -ra SALT_MINIONS <"$SALT_ROOT/minions"
+else
+    SALT_MINIONS=(n1 n2)
+fi
+for _id in "${SALT_MINIONS[@]}"; do
+    [[ $_id =~ ^[a-z0-9][a-z0-9-]{0,30}$ ]] || { echo "error: bad minion id '$_id' (a-z 0-9 -)" >&2; exit 1; }
+done
 # Salt prefixes a daemon's paths with its root_dir: each daemon's pid file and log live under it
-declare -A SALT_DIR=([master]="$SALT_ROOT/master" [api]="$SALT_ROOT/master")
-for _id in "${SALT_MINIONS[@]}"; do SALT_DIR[minion-$_id]="$SALT_ROOT/nodes/$_id/salt"; done
-unset _id
-salt_pidfile() {  # salt_pidfile NAME (master, api, minion-n1, ...)
-    case $1 in api) echo "${SALT_DIR[api]}/var/run/salt-api.pid" ;; minion-*) echo "${SALT_DIR[$1]}/var/run/salt-minion.pid" ;;
-        *) echo "${SALT_DIR[$1]}/var/run/salt-$1.pid" ;; esac
+salt_dir() {  # salt_dir NAME (master, api, minion-n1, ...): the daemon's root_dir
+    case $1 in master | api) echo "$SALT_ROOT/master" ;; minion-*) echo "$SALT_ROOT/nodes/${1#minion-}/salt" ;; esac
+}
+salt_pidfile() {  # salt_pidfile NAME
+    case $1 in minion-*) echo "$(salt_dir "$1")/var/run/salt-minion.pid" ;; *) echo "$(salt_dir "$1")/var/run/salt-$1.pid" ;; esac
 }
 salt_log() {  # salt_log NAME
-    case $1 in minion-*) echo "${SALT_DIR[$1]}/var/log/salt/minion" ;; *) echo "${SALT_DIR[$1]}/var/log/salt/$1" ;; esac
+    case $1 in minion-*) echo "$(salt_dir "$1")/var/log/salt/minion" ;; *) echo "$(salt_dir "$1")/var/log/salt/$1" ;; esac
 }
 
 salt_pid() {
