@@ -452,6 +452,9 @@ class DataApi:
         found: list[dict[str, Any]] = self._call("GET", f"/{dataset}/versions/{version}/files")
         return found
 
+    def remove_file(self, dataset: str, version: int, path: str) -> None:
+        self._call("DELETE", f"/{dataset}/versions/{version}/files", params={"path": path})
+
     def download_url(self, dataset: str, version: int, path: str) -> str:
         got = self._call("GET", f"/{dataset}/versions/{version}/download-url", params={"path": path})
         return str(got["url"])
@@ -981,6 +984,25 @@ def make_group(kind: str) -> click.Group:
             click.echo(line)
 
     files.help = f"The files of a version of a {kind} (default: its latest): path, size in bytes, SHA-256."
+
+    @group.command("rm-file")
+    @click.argument("name")
+    @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+    @workspace_option
+    def rm_file(name: str, paths: tuple[str, ...], workspace: str | None) -> None:
+        api = _api(kind, workspace)
+        dataset = api.find(name)
+        number = version_to_resume(api.versions(dataset["id"]), None)
+        if number is None:
+            raise ClientError(f"no version of {kind} {name} is uploading: a ready version never changes")
+        for path in paths:
+            api.remove_file(dataset["id"], number, path)
+            click.echo(f"removed {path} from {kind} {name} version {number}")
+
+    rm_file.help = (
+        f"Remove files from the version of {kind} NAME still uploading (one an interrupted or partial upload left), "
+        "before `upload` finishes it; PATH as `files` lists it."
+    )
 
     @group.command("download")
     @click.argument("ref", metavar="NAME[:VERSION]")

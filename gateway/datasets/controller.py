@@ -165,6 +165,13 @@ class _DatasetRoutes(Controller):
         """The version's manifest: each file's path, size and SHA-256."""
         return await self.service.files(db_session, access, dataset_id, version)
 
+    @delete("/{dataset_id:str}/versions/{version:int}/files")
+    async def remove_file(
+        self, db_session: DbSession, access: Access, dataset_id: DatasetIdParam, version: VersionParam, path: PathQuery
+    ) -> None:
+        """A file out of a version still uploading (a ready version never changes)."""
+        await self.service.remove_file(db_session, access, dataset_id, version, path)
+
     @get("/{dataset_id:str}/versions/{version:int}/download-url")
     async def download_url(
         self, db_session: DbSession, access: Access, dataset_id: DatasetIdParam, version: VersionParam, path: PathQuery

@@ -427,6 +427,38 @@ class DatasetService:
             self._client(source), source.bucket, self._key(source, version, upload.path), upload.s3_upload_id
         )
 
+    async def remove_file(
+        self, session: AsyncSession, access: WorkspaceAccess, dataset_id: str, number: int, path: str
+    ) -> None:
+        """A file (and any open upload of its path) out of a version still uploading, and its object out of the
+        store; a ready version never changes."""
+        dataset, version = await self._writable_version(session, access, dataset_id, number)
+        check_path(path)
+        self._require_uploading(version)
+        done = await session.scalar(
+            select(DatasetFile).where(DatasetFile.version_id == version.id, DatasetFile.path == path)
+        )
+        open_upload = await session.scalar(
+            select(Upload).where(Upload.version_id == version.id, Upload.path == path, Upload.status == "open")
+        )
+        if done is None and open_upload is None:
+            raise NotFound(f"no file {path!r} in version {number}", field="path")
+        if done is not None:
+            await session.delete(done)
+        if open_upload is not None:
+            open_upload.status = "aborted"
+        source = await self._source(session, version.primary_source_id)
+        self._audit(session, access, "file_remove", dataset, version=number, path=path)
+        await session.commit()  # the manifest first: an object left behind by a store failure is overwritten later
+        client, key = self._client(source), self._key(source, version, path)
+        if open_upload is not None:
+            await _abort_quietly(client, source.bucket, key, open_upload.s3_upload_id)
+        if done is not None:
+            try:
+                await asyncio.to_thread(client.delete_object, Bucket=source.bucket, Key=key)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("file_object_left", source=source.name, key=key, error=str(exc))
+
     # --- downloads ---------------------------------------------------------------------------------------
 
     async def download_url(

@@ -467,6 +467,21 @@ def test_models_too_and_mistakes_are_one_line(gateway: Gateway, lab: str, workdi
     one_line_error(
         gateway.cli("alice", "model", "download", "llama", str(workdir / "d"), "--path", "nope", *ws), "no file 'nope'"
     )
+    one_line_error(
+        gateway.cli("alice", "model", "rm-file", "llama", "model.safetensors", *ws), "no version of model llama is"
+    )
+    # a file sent into a version still uploading, taken out again before it is finished
+    with gateway.api("alice") as api:
+        versions = f"/workspaces/{lab}/models/{model['id']}/versions"
+        assert api.post(versions, json={}).status_code == 201
+        body = {"path": "notes.txt", "size": 3, "sha256": sha256(b"abc")}
+        up = api.post(f"{versions}/2/uploads", json=body).json()
+        assert httpx.put(up["parts"][0]["url"], content=b"abc").status_code == 200
+        assert api.post(f"{versions}/2/uploads/{up['id']}/complete").status_code == 200
+        assert gateway.ok("alice", "model", "rm-file", "llama", "notes.txt", *ws) == (
+            "removed notes.txt from model llama version 2\n"
+        )
+        assert api.get(f"{versions}/2/files").json() == []
     # the datasets are another kind: no model leaks into them
     assert table(gateway.ok("alice", "dataset", "list", *ws)) == [
         ["NAME", "LATEST", "STATUS", "FILES", "SIZE", "REPLICAS", "TAGS", "OWNER", "CREATED"]

@@ -213,3 +213,47 @@ async def test_bad_input_names_the_field(
         url = f"{url}/{ds}/versions/1{path}"
     r = await api.post(url, json=body, headers=alice)
     assert r.status_code == 400 and field in r.text, r.text
+
+
+async def _uploaded(api: httpx.AsyncClient, base: str, who: dict[str, str], path: str, data: bytes) -> None:
+    """One small file uploaded and completed into version 1."""
+    body = {"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    r = await api.post(f"{base}/versions/1/uploads", json=body, headers=who)
+    assert r.status_code == 201, r.text
+    assert (await _put(r.json()["parts"][0], data)).status_code == 200
+    done = await api.post(f"{base}/versions/1/uploads/{r.json()['id']}/complete", headers=who)
+    assert done.status_code == 200, done.text
+
+
+async def test_a_file_leaves_a_version_still_uploading_and_its_object_the_store(
+    api: httpx.AsyncClient, make_user: UserFactory, s3_stores: Stores, s3_bucket: str
+) -> None:
+    root, alice, bob = await make_user("root", admin=True), await make_user("alice"), await make_user("bob")
+    await _sources(api, root, s3_stores, s3_bucket)
+    for slug, who in (("vision", alice), ("speech", bob)):
+        assert (await api.post(WS, json={"slug": slug, "name": slug}, headers=who)).status_code == 201
+    r = await api.post(f"{WS}/vision/datasets", json={"name": "coco"}, headers=alice)
+    ds = r.json()["id"]
+    base = f"{WS}/vision/datasets/{ds}"
+    assert (await api.post(f"{base}/versions", json={}, headers=alice)).status_code == 201
+    await _uploaded(api, base, alice, "keep.txt", b"kept\n")
+    await _uploaded(api, base, alice, "oops/secret.env", b"TOKEN=x\n")
+    key = f"remotegpu/vision/datasets/{ds}/v1/oops/secret.env"
+    assert s3_stores.a.client().head_object(Bucket=s3_bucket, Key=key)["ContentLength"] == 8
+
+    files = f"{base}/versions/1/files"
+    assert (await api.delete(files, params={"path": "oops/secret.env"}, headers=bob)).status_code == 404  # not his
+    assert (await api.delete(files, params={"path": "../x"}, headers=alice)).status_code == 400
+    assert (await api.delete(files, params={"path": "nothing"}, headers=alice)).status_code == 404
+    r = await api.delete(files, params={"path": "oops/secret.env"}, headers=alice)
+    assert r.status_code == 204, r.text
+    assert [f["path"] for f in (await api.get(files, headers=alice)).json()] == ["keep.txt"]
+    listed = s3_stores.a.client().list_objects_v2(Bucket=s3_bucket, Prefix=f"remotegpu/vision/datasets/{ds}/v1/")
+    assert [o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", [])] == ["keep.txt"]
+    audit = (await api.get("/api/v1/audit", params={"action": "dataset.file_remove"}, headers=root)).json()
+    assert [a["details"]["path"] for a in audit["items"]] == ["oops/secret.env"]
+
+    r = await api.post(f"{base}/versions/1/finish", headers=alice)
+    assert r.status_code == 200 and r.json()["file_count"] == 1, r.text
+    r = await api.delete(files, params={"path": "keep.txt"}, headers=alice)
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "version", r.text  # ready: never changes
