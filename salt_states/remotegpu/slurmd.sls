@@ -17,6 +17,7 @@
 {% do bad.append('remotegpu:node:gpus[' ~ loop.index0 ~ '] ' ~ gpu | json ~ ' (type: letters, digits, ._-; count: 0-99)') %}
 {% endif %}
 {% endfor %}
+{% if not (rg.os.gpu_device_prefix | string) | regex_match('^((/[A-Za-z0-9._-]+)+)$') %}{% do bad.append('remotegpu:lookup:gpu_device_prefix ' ~ rg.os.gpu_device_prefix | json) %}{% endif %}
 {% if conf_server and not conf_server | regex_match('^([A-Za-z0-9.-]+(:[0-9]{1,5})?)$') %}{% do bad.append('remotegpu:slurm:include_url ' ~ conf_server | json ~ ' (host:port)') %}{% endif %}
 
 {{ scratch_note('remotegpu_slurmd_scratch') }}
@@ -65,6 +66,7 @@ remotegpu_gres_conf:
         node: {{ node | json }}
         gpus: {{ rg.node.gpus | json }}
         autodetect: {{ autodetect | json }}
+        device_prefix: {{ rg.os.gpu_device_prefix | string | json }}
     - require:
       - remotegpu_slurm_conf_dir
 

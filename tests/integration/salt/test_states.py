@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -414,6 +415,51 @@ def test_exporter_unit_follows_the_pillar(salt_stack: SaltStack, scratch: Path) 
     assert not any(s["changes"] for s in again.values())
 
 
+def test_slurmd_accepts_the_gres_and_cgroup_files(salt_stack: SaltStack, scratch: Path, tmp_path: Path) -> None:
+    """Slurm's own parser (slurmd -G, which reads gres.conf and, with task/cgroup, cgroup.conf) on what the state
+    wrote, the GPUs being character devices in a scratch /dev (pillar lookup gpu_device_prefix)."""
+    slurmd = shutil.which("slurmd") or "/usr/sbin/slurmd"
+    if not Path(slurmd).exists():
+        pytest.skip("slurmd is not installed (deploy/dev/slurm/up installs it)")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for i in range(3):
+        os.mknod(dev / f"gpu{i}", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    gpus = [{"type": "a100", "count": 2}, {"type": "t4", "count": 1}]
+    pillar = node_pillar(scratch, node={"name": "n1", "gpus": gpus}, lookup={"gpu_device_prefix": f"{dev}/gpu"})
+    states = by_id(apply(salt_stack, "remotegpu.slurmd", pillar, test=False)["n1"])
+    assert all(s["result"] is True for s in states.values())
+    conf = scratch / "etc/slurm"
+    (conf / "check.conf").write_text(
+        "ClusterName=remotegpu\nSlurmctldHost=localhost\nGresTypes=gpu\nProctrackType=proctrack/cgroup\n"
+        f"TaskPlugin=task/cgroup\nSlurmdSpoolDir={tmp_path}/spool\nSlurmdLogFile={tmp_path}/slurmd.log\n"
+        "NodeName=n1 Gres=gpu:a100:2,gpu:t4:1 CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=n1\n"
+    )
+    out = subprocess.run(
+        [slurmd, "-G", "-f", str(conf / "check.conf"), "-N", "n1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    found = [line.split("Gres ", 1)[1] for line in out.stderr.splitlines() if "Gres Name=" in line]
+    assert [(f.split()[1], f.split()[5]) for f in found] == [
+        ("Type=a100", f"File={dev}/gpu0"),
+        ("Type=a100", f"File={dev}/gpu1"),
+        ("Type=t4", f"File={dev}/gpu2"),
+    ], out.stderr
+    (conf / "cgroup.conf").write_text((conf / "cgroup.conf").read_text() + "NotAKey=1\n")  # the check can fail
+    bad = subprocess.run(
+        [slurmd, "-G", "-f", str(conf / "check.conf"), "-N", "n1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode != 0 and "cgroup.conf" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("mods", "changes", "named"),
     [
@@ -429,6 +475,7 @@ def test_exporter_unit_follows_the_pillar(salt_stack: SaltStack, scratch: Path) 
         ),
         ("remotegpu.slurmd", {"node": {"name": "../n1", "gpus": []}}, "remotegpu:node:name"),
         ("remotegpu.slurmd", {"slurm": {"include_url": "gw host:6817"}}, "remotegpu:slurm:include_url"),
+        ("remotegpu.slurmd", {"lookup": {"gpu_device_prefix": "dev/nv idia"}}, "remotegpu:lookup:gpu_device_prefix"),
         (
             "remotegpu.gemini",
             {"gemini": {"mounts": [{"kind": "nfs", "source": "a:/b", "target": "/x/../etc"}]}},
