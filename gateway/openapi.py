@@ -95,6 +95,7 @@ def _zero_bounds(cls: type[msgspec.Struct]) -> dict[str, dict[str, int]]:
     return bounds
 
 
+_NODE_BOOTSTRAP = ("/api/v1/nodes/bootstrap", "post")
 _STARTS_WORK = re.compile(r"/(jobs|jobs/test|environments|environments/\{[^}]+\}/(start|restart))$")
 
 
@@ -108,11 +109,13 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
     if secured or (path, method) == _LOGIN:
         yield 401  # no, unknown, expired or revoked token; at login, a wrong password
         yield 403  # a role or platform admin required, a disabled account, an inactive workspace
+    if (path, method) == _NODE_BOOTSTRAP:
+        yield 401  # a node's one-time token: expired, spent, tampered or another node's (gateway.nodes)
     if "{" in path or secured:
         yield 404  # unknown resource; and anything in a workspace the caller is not a member of
     if method == "post" and _STARTS_WORK.search(path):
         yield 402  # the workspace is overdue (or suspended for it): new work waits for a top-up
-    if method in _WRITES or path.endswith(("/logs", "/tensorboard")):
+    if method in _WRITES or path.endswith(("/logs", "/tensorboard", "/bootstrap-command")):
         yield 409  # the state does not allow it (duplicate name, last owner, a job that has ended, ...)
     if path.endswith("/tensorboard"):
         yield 502  # the environment's TensorBoard is not running or does not answer

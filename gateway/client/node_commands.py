@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from gateway.client.api import ApiError, GatewayClient
+from gateway.client.api import GatewayClient
 from gateway.client.env_commands import _echo_json, json_option, render_table
 
 STATES = ("remotegpu", "gpu", "munge", "slurmd", "gemini", "users", "exporter")
@@ -189,7 +189,7 @@ def node_add(name: str, address: str, region: str | None, gpus: str | None, as_j
     click.echo(f"registered node {made['node']['name']}")
     boot = made["bootstrap"]
     if boot is None:
-        click.echo("the gateway has no node_bootstrap_secret: no bootstrap token was issued")
+        click.echo("the gateway bootstraps no node (node_bootstrap_secret, salt_api_url): no token was issued")
         return
     click.echo(f"run this on the node as root before {boot['expires_at']} (it works once):")
     click.echo(boot["command"])
@@ -316,12 +316,5 @@ def node_remove(name: str, yes: bool) -> None:
 @json_option
 def node_bootstrap_command(name: str, as_json: bool) -> None:
     """A new one-time bootstrap command for NAME (good for 5 minutes, once)."""
-    try:
-        got = _client().request("GET", f"/nodes/{name}/bootstrap-command")
-    except ApiError as exc:
-        if exc.status == 503:
-            raise ApiError(
-                503, {"detail": "the gateway has no node_bootstrap_secret: set it to bootstrap nodes"}
-            ) from None
-        raise
+    got = _client().request("GET", f"/nodes/{name}/bootstrap-command")
     _echo_json(got) if as_json else click.echo(got["command"])

@@ -13,7 +13,6 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from gateway.db.session import Database
 from gateway.dependencies import ADMIN_DEPENDENCIES, BEARER, AppSettings, CurrentActor, DbSession
-from gateway.errors import InvalidInput
 from gateway.nodes import service
 from gateway.nodes.salt_api import SaltApi
 from gateway.nodes.schemas import (
@@ -27,6 +26,7 @@ from gateway.nodes.schemas import (
     NodeOut,
     NodesOut,
     ProvisionCreate,
+    ProvisionManyCreate,
     ResumeBody,
     RunOut,
     StateResultOut,
@@ -40,8 +40,6 @@ NodeQuery = Annotated[
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 Offset = Annotated[int, QueryParameter(ge=0, le=10**9, schema_extra={"minimum": 0})]
-RESERVED = frozenset({"runs", "provision", "bootstrap"})
-"""Names a node cannot have: they are paths of this controller."""
 
 
 def _salt(state: State) -> SaltApi | None:
@@ -75,8 +73,6 @@ class NodeController(Controller):
     ) -> NodeCreated:
         """Register a node; the answer carries a one-time bootstrap token (5 minutes) and the command to run on
         the node with it."""
-        if data.name in RESERVED:
-            raise InvalidInput(f"{data.name!r} is reserved", field="name")
         node, token = await service.register(db_session, admin, settings, data)
         return NodeCreated(node=node, bootstrap=token)
 
@@ -104,14 +100,12 @@ class NodeController(Controller):
         self, db_session: DbSession, admin: CurrentActor, name: NameParam, data: JSONBody[ProvisionCreate]
     ) -> RunOut:
         """Queue a run of the chosen states on this node: a dry run (``test=True``) unless ``apply`` is true."""
-        if data.nodes is not None:
-            raise InvalidInput("the node is in the path: leave nodes out", field="nodes")
         run = await service.provision(db_session, admin, data, [name])
         return await service.run_out(db_session, run.id)
 
     @post("/provision")
     async def provision_nodes(
-        self, db_session: DbSession, admin: CurrentActor, data: JSONBody[ProvisionCreate]
+        self, db_session: DbSession, admin: CurrentActor, data: JSONBody[ProvisionManyCreate]
     ) -> RunOut:
         """Queue one run on several nodes (``nodes``; default every node), one Salt job per node, all at once."""
         run = await service.provision(db_session, admin, data, data.nodes)

@@ -19,6 +19,16 @@ NodeName = Annotated[
         examples=["gpu-node-01"],
     ),
 ]
+NewNodeName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=whole(r"(?!(?:runs|provision|bootstrap)(?!\n)$)" + NODE_NAME),
+        max_length=63,
+        description="the node's Slurm NodeName (also its Salt minion id): lowercase letters, digits, '-'; not "
+        "'runs', 'provision' or 'bootstrap' (paths of this API)",
+        examples=["gpu-node-01"],
+    ),
+]
 Address = Annotated[
     str,
     msgspec.Meta(
@@ -69,7 +79,7 @@ class NodeCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Register a node. ``gpus``: its GPUs (type and count), ``"detect"`` (the first run asks the node) or
     null (no GPUs)."""
 
-    name: NodeName
+    name: NewNodeName
     address: Address
     region: Region = "default"
     gpus: GpuSpec | Literal["detect"] | None = None
@@ -143,17 +153,22 @@ class BootstrapTokenOut(msgspec.Struct, kw_only=True):
 class NodeCreated(msgspec.Struct, kw_only=True):
     node: NodeOut
     bootstrap: BootstrapTokenOut | None
-    """Null when the gateway has no ``node_bootstrap_secret``."""
+    """Null when the gateway has no ``node_bootstrap_secret`` or no salt-api to bootstrap nodes with."""
 
 
 class ProvisionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Run ``state.apply`` of ``states`` (default: all of ``remotegpu``) as a dry run (``test=True``) unless
-    ``apply`` is true. ``nodes`` (``POST /api/v1/nodes/provision`` only): which nodes; default every node."""
+    ``apply`` is true."""
 
     states: Annotated[list[StateName], msgspec.Meta(min_length=1, max_length=7)] = msgspec.field(
         default_factory=lambda: ["remotegpu"]
     )
     apply: bool = False
+
+
+class ProvisionManyCreate(ProvisionCreate, forbid_unknown_fields=True, kw_only=True):
+    """As for one node; ``nodes``: which (default: every registered node)."""
+
     nodes: Annotated[list[NodeName], msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
 

@@ -54,6 +54,7 @@ from gateway.nodes.schemas import (
     NodeOut,
     NodesOut,
     ProvisionCreate,
+    ProvisionManyCreate,
     RunOut,
     SlurmGpusOut,
     SlurmNodeOut,
@@ -222,9 +223,14 @@ def bootstrap_command(settings: Settings, node: str, token: str) -> str:
     return f"curl -fsS {shlex.quote(base + SCRIPT_PATH)} | env {env} sh"
 
 
+def can_bootstrap(settings: Settings) -> bool:
+    """Tokens are issued only where they can be spent: a secret to sign them, a salt-api to make the keys."""
+    return bool(settings.node_bootstrap_secret and settings.salt_api_url and settings.salt_api_password is not None)
+
+
 async def _issue(session: AsyncSession, settings: Settings, node: Node) -> BootstrapTokenOut | None:
     secret = settings.node_bootstrap_secret
-    if not secret:
+    if not secret or not can_bootstrap(settings):
         return None
     now = utcnow()
     token, claims = tokens.issue(secret, node.name, now)
@@ -266,8 +272,8 @@ async def new_bootstrap_command(
     """A fresh token (the one made at registration is not kept), and the command that spends it."""
     node = await node_named(session, name)
     issued = await _issue(session, settings, node)
-    if issued is None:
-        raise Unavailable("the gateway has no node_bootstrap_secret: it issues no bootstrap tokens")
+    if issued is None:  # configuration, not a failure: 409, as for other states that refuse a request
+        raise Conflict("the gateway bootstraps no node: it needs node_bootstrap_secret and salt_api_url", field="name")
     record(session, admin, "node.bootstrap_token", target_type="node", target=node.name,
            details={"expires_at": issued.expires_at.isoformat()})  # fmt: skip
     await session.commit()
@@ -387,7 +393,7 @@ async def exchange(
 
 
 async def provision(
-    session: AsyncSession, admin: Actor, data: ProvisionCreate, names: Sequence[str] | None
+    session: AsyncSession, admin: Actor, data: ProvisionCreate | ProvisionManyCreate, names: Sequence[str] | None
 ) -> ProvisionRun:
     """A queued run of ``data.states`` on the nodes named (every node when None); one open run per node."""
     query = select(Node).order_by(Node.name)
@@ -399,7 +405,7 @@ async def provision(
         if missing:
             raise NotFound(f"no node {', '.join(missing)}", field="nodes")
     if not nodes:
-        raise InvalidInput("no node is registered", field="nodes")
+        raise Conflict("no node is registered", field="nodes")
     states = list(dict.fromkeys(data.states))
     if "remotegpu" in states:
         states = ["remotegpu"]  # it includes every other
@@ -523,6 +529,8 @@ async def set_slurm_state(
     node = await node_named(session, name)
     try:
         await slurm.update_node(node.name, state=state, reason=reason)
+    except ValueError as exc:  # slurm.cli's own check of the argv (the schema refuses such input first)
+        raise InvalidInput(str(exc), field="reason") from None
     except SlurmError as exc:
         raise Conflict(f"Slurm refused to {state} {node.name}: {exc.message}", field="name") from None
     record(session, admin, f"node.{state}", target_type="node", target=node.name, details={"reason": reason})

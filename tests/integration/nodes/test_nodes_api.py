@@ -33,7 +33,15 @@ BODY = {"name": "gpu-node-01", "address": "10.0.3.17", "region": "dc-1", "gpus":
 
 @pytest.fixture
 def keyed(settings: Settings) -> Settings:
-    return msgspec.structs.replace(settings, node_bootstrap_secret=SECRET, public_url="https://gpu.example.org")
+    # a salt-api where nothing listens: tokens are issued (there is one) and an exchange fails at Salt
+    return msgspec.structs.replace(
+        settings,
+        node_bootstrap_secret=SECRET,
+        public_url="https://gpu.example.org",
+        salt_api_url="http://127.0.0.1:9",
+        salt_api_password="unused",
+        salt_api_timeout_seconds=2,
+    )
 
 
 @pytest.fixture
@@ -204,7 +212,7 @@ async def test_a_token_is_spent_once_and_every_bad_one_is_401_and_audited(
         await session.commit()
     refused["expired"] = await _exchange(api, name, old)
 
-    # the good token is spent by its first exchange (no salt-api here, so that one then answers 503) ...
+    # the good token is spent by its first exchange (salt-api does not answer here: that one is a 503) ...
     first = await _exchange(api, name, token)
     assert first.status_code == 503, first.text
     # ... and refused ever after
@@ -234,7 +242,7 @@ async def test_a_fresh_bootstrap_command_and_the_script(
     )
     async with asgi_client(create_app(settings, database=clean_database)) as bare:  # no node_bootstrap_secret
         r = await bare.get(f"{URL}/gpu-node-01/bootstrap-command", headers=root)
-        assert r.status_code == 503
+        assert r.status_code == 409 and "node_bootstrap_secret" in r.json()["detail"]
         made = await bare.post(URL, json={**BODY, "name": "n3"}, headers=root)
         assert made.status_code == 201 and made.json()["bootstrap"] is None
         assert (await _exchange(bare, "gpu-node-01", first["token"])).status_code == 401

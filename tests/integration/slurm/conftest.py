@@ -271,6 +271,7 @@ def gateway(
         REMOTEGPU_SESSION_SUPERVISOR=str(user_venv() / "bin" / "remotegpu-session"),
         XDG_CONFIG_HOME=str(tmp_path / "config"),
         REMOTEGPU_SECRET_KEYS=base64.b64encode(os.urandom(32)).decode(),  # storage sources' keys
+        REMOTEGPU_NODE_BOOTSTRAP_SECRET=base64.b64encode(os.urandom(32)).decode(),  # nodes' one-time tokens
         REMOTEGPU_STORAGE_TIMEOUT_SECONDS="3",
     )
     env.update(gateway_env)
