@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.audit.models import AuditEntry
 from gateway.config import Settings
 from gateway.db.session import Database
-from gateway.nodes import runs
+from gateway.nodes import runs, service
 from gateway.nodes.models import StateResult
 from gateway.nodes.salt_results import job_returns
 from gateway.nodes.tokens import minion_finger
@@ -157,7 +157,7 @@ async def test_a_run_whose_worker_dies_is_taken_over_without_a_second_job(
         assert (await api.post(URL, json={"name": name, "address": "127.0.0.1"}, headers=root)).status_code == 201
     run_id = await _provision(api, root, "/provision", {"states": ["remotegpu.gemini"]})
     short = runs.RunOptions(lease_seconds=2, backoff_seconds=1)
-    salt = runs.salt_api(salted)
+    salt = service.salt_api(salted)
     assert salt is not None
     claimed = await clean_database.run(lambda s: runs.claim(s, run_id, "worker-a", short.lease_seconds))
     assert claimed
