@@ -550,6 +550,42 @@ def test_munge_key_is_written_0400_and_never_shown(salt_stack: SaltStack, scratc
         assert "No munge key in pillar" in states["remotegpu_munge_key"]["comment"]
 
 
+def test_munge_key_from_the_masters_own_pillar_stays_out_of_the_job(salt_stack: SaltStack, scratch: Path) -> None:
+    """The key in the master's remotegpu_secrets.sls (deploy/dev/salt/up's pillar top takes it for every minion):
+    the per-run pillar carries none, so neither the job Salt keeps nor any answer holds it."""
+    key = os.urandom(1024)
+    key_b64 = base64.b64encode(key).decode()
+    secrets = salt_stack.root / "pillar/remotegpu_secrets.sls"
+    secrets.touch(mode=0o600)
+    secrets.write_text(json.dumps({"remotegpu": {"munge": {"key_b64": key_b64}}}))
+    pillar = node_pillar(scratch)
+    del pillar["remotegpu"]["munge"]
+    try:
+        http = salt_stack.client()
+        try:
+            low = {
+                "client": "local",
+                "tgt": "n1",
+                "fun": "state.apply",
+                "arg": ["remotegpu.munge"],
+                "kwarg": {"pillar": pillar, "queue": True},
+                "full_return": True,
+            }
+            response = http.post("/", json=[low])
+            ret = response.json()["return"][0]["n1"]
+            job = http.get(f"/jobs/{ret['jid']}").text
+        finally:
+            http.close()
+    finally:
+        secrets.unlink()
+    states = by_id(ret["ret"])
+    assert states["remotegpu_munge_key"]["result"] is True
+    assert (scratch / "etc/munge/munge.key").read_bytes() == key
+    assert key_b64[:24] not in response.text and key_b64[:24] not in job
+    jobs = salt_stack.root / "master/var/cache/salt/master/jobs"  # every job Salt keeps: this fresh key in none
+    assert not [p for p in jobs.rglob("*") if p.is_file() and key_b64[:24].encode() in p.read_bytes()]
+
+
 def test_cache_prune_keeps_the_cache_within_its_limit(salt_stack: SaltStack, scratch: Path, tmp_path: Path) -> None:
     apply(salt_stack, "remotegpu.gemini", node_pillar(scratch), test=False)
     cache = tmp_path / "cache"
