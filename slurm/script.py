@@ -463,20 +463,42 @@ def _layout(mounts: list[_Mount], gemini_root: str) -> list[str]:
     another's dataset, and a link land inside an earlier job's output directory (``ln -T`` never nests one).
     """
     root = shlex.quote(gemini_root)
-    out = [
+    return [
         'REMOTEGPU_LAYOUT="${SLURM_JOB_ID:-$$}"',
         'if [ -n "${SLURM_ARRAY_TASK_ID-}" ]; then REMOTEGPU_LAYOUT="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; fi',
         f'if [ -d {root} ] && [ -w {root} ]; then GEMINI_ROOT={root}/.jobs/"$REMOTEGPU_LAYOUT"; '
         'else GEMINI_ROOT="$PWD/.gemini/$REMOTEGPU_LAYOUT"; fi',
-        'mkdir -p "$GEMINI_ROOT"',
+        "export GEMINI_ROOT",
+        *(f'export {m.var}="$GEMINI_ROOT/{m.slot}"' for m in mounts),
     ]
+
+
+def _prepare(mounts: list[_Mount], staging: list[str]) -> list[str]:
+    """The layout's directories and links, and the stage-in, on every node of the job: a shell function, run in
+    the batch script on a one-node job, through one ``srun`` task per node on a bigger one (a node-local /gemini
+    exists only where it was made). Each line returns on failure (``set -e`` does not hold inside a function
+    called with ``||``); a failed stage-in ends the job with 75 (EX_TEMPFAIL) before the program runs."""
+    body = ['    mkdir -p "$GEMINI_ROOT" || return 1']
     for m in mounts:
         if m.source is None:
-            out.append(f'mkdir -p "$GEMINI_ROOT/{m.slot}"')
-        else:
-            out.append(f'ln -sfnT {shlex.quote(m.source)} "$GEMINI_ROOT/{m.slot}"')
-        out.append(f'export {m.var}="$GEMINI_ROOT/{m.slot}"')
-    return out
+            body.append(f'    mkdir -p "$GEMINI_ROOT/{m.slot}" || return 1')
+        else:  # another node may have made the same link a moment ago (a shared working directory)
+            body.append(
+                f'    ln -sfnT {shlex.quote(m.source)} "$GEMINI_ROOT/{m.slot}" 2>/dev/null'
+                f' || [ -L "$GEMINI_ROOT/{m.slot}" ] || return 1'
+            )
+    body += [f"    {line}" for line in staging]
+    return [
+        "remotegpu_prepare() {",
+        *body,
+        "}",
+        'if [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; then',
+        '    srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        '--kill-on-bad-exit=1 bash -c "$(declare -f remotegpu_prepare); remotegpu_prepare" || exit $?',
+        "else",
+        "    remotegpu_prepare || exit $?",
+        "fi",
+    ]
 
 
 def _heredoc_marker(text: str) -> str:
@@ -591,7 +613,8 @@ def render(
     # the SHLVL slurmd gave the job, as it would there.
     shlvl = ['[ "${SHLVL-0}" -gt 0 ] 2>/dev/null && SHLVL=$((SHLVL - 1))']
     staging = _stage_in_lines(spec, stage_in) if stage_in is not None else []
-    return "\n".join([*head, *_layout(mounts, gemini_root), *staging, *env, *setup, *shlvl, "set +e", run]) + "\n"
+    layout = [*_layout(mounts, gemini_root), *_prepare(mounts, staging)]
+    return "\n".join([*head, *layout, *env, *setup, *shlvl, "set +e", run]) + "\n"
 
 
 class StageInProgram(msgspec.Struct, frozen=True):
@@ -610,5 +633,5 @@ def _stage_in_lines(spec: JobSpec, program: StageInProgram) -> list[str]:
             shlex.quote(w) for w in (program.command, "--gateway", program.gateway_url, "--slot", item.slot)
         )
         failed = shlex.quote(f"remotegpu: could not fetch {item.reference} into /gemini/{item.slot}")
-        out.append(f'{words} --dest "$GEMINI_ROOT/{item.slot}" || {{ echo {failed} >&2; exit 75; }}')
+        out.append(f'{words} --dest "$GEMINI_ROOT/{item.slot}" || {{ echo {failed} >&2; return 75; }}')
     return out

@@ -8,16 +8,19 @@ downloads it from the first replica's URL, checking size and SHA-256 as it write
 next replica's; a file that no replica gives whole and unaltered fails the stage-in (exit 1, the job ends: no
 job runs on partial data). The slot gets hard links to the cache, files mode 0444 and directories 0555:
 read-only for the program. Where the cache is on another file system than the slot (a node-local cache, the
-layout on a shared home or /gemini mount), the tree of links is made beside the cache instead, in
-``<cache>/slots/<job>.<slot>``, and the slot becomes a symlink to it: no dataset is ever copied into a home
-directory. Those trees go when their job has left ``squeue`` (looked at by the next stage-in of the user on the
-node).
+layout on a shared home or /gemini mount), a one-node job's tree of links is made beside the cache instead, in
+``<cache>/slots/<job>.<slot>``, and the slot becomes a symlink to it: nothing is copied into a home directory.
+Those trees go when their job has left ``squeue`` (looked at by the next stage-in of the user on the node).
+On a job of several nodes every node runs it (slurm.script): a node-local /gemini is filled on each; a layout on
+a shared file system once (a lock per slot, and a marker naming what it holds), with hard links where the cache
+shares its file system and copies where not (a link into one node's cache would dangle on the others).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import getpass
 import hashlib
 import os
@@ -139,7 +142,8 @@ def _link_tree(cache: Path, dest: Path, slot: str) -> Path:
     """Where the slot's links go: ``dest`` itself when it shares the cache's file system, else a tree beside
     the cache that ``dest`` (the layout's empty directory, or a link from an earlier try) then points to."""
     dest.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or dest.stat().st_dev != cache.stat().st_dev:
+    several_nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or 1) > 1  # a link into this node's cache: not theirs
+    if not several_nodes and (dest.is_symlink() or dest.stat().st_dev != cache.stat().st_dev):
         _prune_slots(cache)
         job = os.environ.get("SLURM_JOB_ID") or str(os.getpid())
         tree = cache / "slots" / f"{job}.{slot}"
@@ -201,11 +205,25 @@ def _read_only(root: Path) -> None:
 
 
 def stage(gateway: str, slot: str, dest: Path, cache: Path, token: str) -> int:
+    """Fill ``dest``; one stage-in at a time per slot, so the nodes of a job whose layout is on a shared file
+    system fill it once (the others find it done: the marker beside it names the manifest's digest)."""
     manifest = _manifest(gateway, slot, token)
     failovers: list[dict[str, str]] = []
     counts = {"files": 0, "bytes_fetched": 0, "cache_hits": 0}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    marker = dest.parent / f".{dest.name}.staged"
+    digest = _digest(manifest)
     try:
-        message = _fill(manifest, dest, cache, failovers, counts)
+        with (dest.parent / f".{dest.name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if marker.is_file() and marker.read_text() == digest and dest.resolve().is_dir():
+                message = f"{manifest['reference']} in {dest}: staged already (by another node of the job)"
+            else:
+                marker.unlink(missing_ok=True)
+                message = _fill(manifest, dest, cache, failovers, counts)
+                marker.write_text(digest)
+    except OSError as exc:
+        raise SystemExit(f"remotegpu-stage-in: cannot fill {dest}: {exc}") from None
     except SystemExit as exc:
         why = str(exc.code).removeprefix("remotegpu-stage-in: ")
         _report(gateway, slot, token, {"ok": False, "message": why[:2000], "failovers": failovers[:100], **counts})
@@ -213,6 +231,12 @@ def stage(gateway: str, slot: str, dest: Path, cache: Path, token: str) -> int:
     _say(message)
     _report(gateway, slot, token, {"ok": True, "message": message[:2000], "failovers": failovers[:100], **counts})
     return 0
+
+
+def _digest(manifest: dict[str, object]) -> str:
+    """What the slot holds, in one string: its files' paths, sizes and SHA-256s."""
+    files = sorted((str(f["path"]), int(f["size"]), str(f["sha256"])) for f in manifest["files"])  # type: ignore[attr-defined]
+    return hashlib.sha256(repr(files).encode()).hexdigest()
 
 
 def _fill(

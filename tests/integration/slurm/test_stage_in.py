@@ -81,6 +81,11 @@ def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> t
     )
     assert r.status_code == 201, r.text
     job = r.json()["id"]
+    return (*_wait(api, ws, job), job)
+
+
+def _wait(api: httpx.Client, ws: str, job: str) -> tuple[str, str]:
+    """The job's end state and output, once it ended."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         state = api.get(f"/api/v1/workspaces/{ws}/jobs/{job}").json()["state"]
@@ -88,7 +93,7 @@ def _run(gateway: Gateway, api: httpx.Client, ws: str, datasets: list[str]) -> t
             break
         time.sleep(0.5)
     logs = api.get(f"/api/v1/workspaces/{ws}/jobs/{job}/logs").json()["lines"]
-    return state, "\n".join(logs), job
+    return state, "\n".join(logs)
 
 
 def _sources(api: httpx.Client, stores: Stores, bucket: str) -> None:
@@ -160,6 +165,18 @@ def test_a_job_reads_a_dataset_staged_in_from_the_routed_replica_and_falls_back(
             shutil.rmtree(cache, ignore_errors=True)
             state, out, _ = _run(gateway, token, ws, ["imagenet-mini"])
             assert state == "COMPLETED" and "3145747 bytes fetched from second)" in out, out
+
+            # a job of both nodes: the layout and the stage-in on each (here one home: filled once, found by the other)
+            shutil.rmtree(cache, ignore_errors=True)
+            both = 'srun --ntasks-per-node=1 bash -c \'sha256sum "$GEMINI_DATA_IN1/train/a.bin" | cut -d" " -f1\''
+            r = token.post(
+                f"/api/v1/workspaces/{ws}/jobs",
+                json={"name": "two", "script": f"#!/bin/bash\n{both}\n", "datasets": ["imagenet-mini"], "nodes": 2},
+            )
+            assert r.status_code == 201, r.text
+            state, out = _wait(token, ws, r.json()["id"])
+            assert state == "COMPLETED" and out.count(expected) == 2, out
+            assert out.count("3145747 bytes fetched") == 1 and out.count("staged already") == 1, out
 
         r = token.post(
             f"/api/v1/workspaces/{ws}/jobs", json={"name": "x", "script": SCRIPT, "datasets": ["/data", "nothing:2"]}

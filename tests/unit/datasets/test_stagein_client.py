@@ -87,10 +87,37 @@ def test_same_file_system_hard_links(
     assert (dest / "labels.txt").stat().st_nlink == 2  # the cache's file and the slot's link
     assert reports[-1]["ok"] is True and reports[-1]["files"] == 2
 
-    # the job again (a requeue): the read-only tree is made anew, from the cache
+    # another node of the job with the same layout (a shared file system), or the job again: staged already
+    assert stagein_client.stage(url, "data-1", dest, cache, "token") == 0
+    _check_slot(dest)
+    assert "staged already" in str(reports[-1]["message"]) and reports[-1]["files"] == 0
+
+    # what it marked gone (or another version): the read-only tree is made anew, from the cache
+    (dest.parent / ".data-1.staged").write_text("another version")
     assert stagein_client.stage(url, "data-1", dest, cache, "token") == 0
     _check_slot(dest)
     assert reports[-1]["cache_hits"] == 2
+
+
+def test_a_job_of_several_nodes_copies_rather_than_links_into_one_nodes_cache(
+    gateway: tuple[str, list[dict[str, object]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temporary directory")
+    url, _ = gateway
+    monkeypatch.setenv("SLURM_JOB_ID", "51")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    cache = shm / f"stagein-test-{os.getpid()}"
+    dest = tmp_path / "layout/data-1"
+    dest.mkdir(parents=True)
+    try:
+        cache.mkdir()
+        assert stagein_client.stage(url, "data-1", dest, cache, "token") == 0
+        assert not dest.is_symlink() and not (cache / "slots").exists()
+        _check_slot(dest)
+    finally:
+        stagein_client._remove_tree(cache)
 
 
 def test_another_file_system_links_beside_the_cache_and_prunes_ended_jobs(

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from slurm.directives import Options, script_directives
-from slurm.script import JobSpec, ScriptError, directives, render
+from slurm.script import JobSpec, ScriptError, StageIn, StageInProgram, directives, render
 
 KEYS = ["ALPHA", "beta_2", "X"]
 PROBE = (
@@ -75,7 +75,9 @@ def run_body(
     log = cwd / "log"
     log.mkdir(exist_ok=True)
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin" if fake_bin else "/usr/bin:/bin", "FAKE_LOG": str(log)}
-    env |= {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "42"}
+    # two nodes where srun is the fake (the layout is then made through it, once per node), else one
+    nodes = {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_NUM_NODES": "2"} if fake_bin else {"SLURM_JOB_NUM_NODES": "1"}
+    env |= {**nodes, "SLURM_JOB_ID": "42"}
     return subprocess.run(["bash", str(script)], cwd=cwd, capture_output=True, timeout=30, env=env, check=False)
 
 
@@ -458,3 +460,40 @@ def test_the_environment_of_the_test_runner_does_not_leak_in(tmp_path: Path) -> 
     finally:
         del os.environ["ALPHA"]
     assert got_env == {"ALPHA": None, "beta_2": None, "X": None}
+
+
+@pytest.mark.parametrize(("nodes", "stager_exit"), [("1", 0), ("2", 0), ("2", 3)])
+def test_every_node_gets_its_layout_and_stage_in_before_the_program(
+    tmp_path: Path, fake_bin: Path, nodes: str, stager_exit: int
+) -> None:
+    """A node-local /gemini exists only where it was made: on a job of several nodes the layout and the stage-in
+    run through one srun task per node; a failed stage-in ends the job with 75 before the program."""
+    stager = tmp_path / "stage-in"
+    stager.write_text(
+        '#!/bin/bash\nwhile [ "$1" != --dest ]; do shift; done\nmkdir -p "$2" && echo staged > "$2/file"\n'
+        f"exit {stager_exit}\n"
+    )
+    stager.chmod(0o755)
+    spec = JobSpec(
+        name="j",
+        datasets=["imagenet:1"],
+        command=["bash", "-c", 'echo ran; cat "$GEMINI_DATA_IN1/file"'],
+        stage_in=[StageIn(slot="data-1", reference="imagenet:1", version_id=1)],
+    )
+    script = tmp_path / "job.sh"
+    program = StageInProgram(str(stager), "http://gw")
+    script.write_text(render(spec, sbatch_lines=False, gemini_root=str(tmp_path / "none"), stage_in=program))
+    log = tmp_path / "log"
+    log.mkdir()
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "FAKE_LOG": str(log), "SLURM_JOB_NUM_NODES": nodes}
+    out = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, env=env, check=False, timeout=30)
+    srun = (log / "srun").read_text().split() if (log / "srun").exists() else []
+    if nodes == "1":
+        assert srun == []  # in the batch script itself
+    else:
+        assert srun == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    if stager_exit:
+        assert out.returncode == 75 and b"ran" not in out.stdout, out
+        assert b"could not fetch imagenet:1 into /gemini/data-1" in out.stderr
+    else:
+        assert out.returncode == 0 and out.stdout == b"ran\nstaged\n", out
