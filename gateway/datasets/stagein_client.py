@@ -3,7 +3,8 @@
 Run by the batch script the gateway renders (slurm.script), as the job's user, from a venv every user can
 execute. It asks the gateway for the slot's manifest with the job's ``REMOTEGPU_STAGE_TOKEN``, then for each file:
 takes it from the node-local cache when a file of that SHA-256 and size is there (``--cache``, by default
-``$REMOTEGPU_CACHE_DIR`` or ``/tmp/remotegpu-cache-<uid>``: jobs of the same user on the node share it); else
+``$REMOTEGPU_CACHE_DIR``, else ``<dir>/<uid>`` under the node's cache that /etc/remotegpu/cache.conf names (the
+Salt formula's), else ``/tmp/remotegpu-cache-<uid>``: jobs of the same user on the node share it); else
 downloads it from the first replica's URL, checking size and SHA-256 as it writes, and on any failure from the
 next replica's; a file that no replica gives whole and unaltered fails the stage-in (exit 1, the job ends: no
 job runs on partial data). The slot gets hard links to the cache, files mode 0444 and directories 0555:
@@ -29,13 +30,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
 VARIABLE = "REMOTEGPU_STAGE_TOKEN"
 CHUNK = 1024 * 1024
+
+
+NODE_CACHE_CONF = Path("/etc/remotegpu/cache.conf")
+"""Written by the Salt formula (remotegpu.gemini): ``REMOTEGPU_CACHE_DIR=`` the node's dataset cache."""
+
+
+def default_cache(environ: Mapping[str, str], conf: Path) -> Path:
+    """The user's cache on this node: ``$REMOTEGPU_CACHE_DIR`` as it is; else ``<the node's cache>/<uid>`` where
+    the node has one (``conf``, kept within its size by remotegpu-cache-prune); else ``/tmp/remotegpu-cache-<uid>``."""
+    if environ.get("REMOTEGPU_CACHE_DIR"):
+        return Path(environ["REMOTEGPU_CACHE_DIR"])
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in conf.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "REMOTEGPU_CACHE_DIR" and value.strip().startswith("/"):
+                return Path(value.strip()) / str(os.getuid())
+    return Path(f"{tempfile.gettempdir()}/remotegpu-cache-{os.getuid()}")
 
 
 def _say(message: str) -> None:
@@ -278,12 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--slot", required=True, choices=["data-1", "data-2", "data-3", "pretrain", "pretrain2", "pretrain3"]
     )
     parser.add_argument("--dest", required=True, type=Path)
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(os.environ.get("REMOTEGPU_CACHE_DIR") or f"{tempfile.gettempdir()}/remotegpu-cache-{os.getuid()}"),
-    )
+    parser.add_argument("--cache", type=Path, default=None, help="the node's cache of this user (see --help)")
     options = parser.parse_args(argv)
+    options.cache = options.cache or default_cache(os.environ, NODE_CACHE_CONF)
     token = os.environ.get(VARIABLE, "")
     if not token:
         _say(f"{VARIABLE} is not set (the gateway gives it to the job)")

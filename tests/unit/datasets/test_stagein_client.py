@@ -90,7 +90,8 @@ def test_same_file_system_hard_links(
     # another node of the job with the same layout (a shared file system), or the job again: staged already
     assert stagein_client.stage(url, "data-1", dest, cache, "token") == 0
     _check_slot(dest)
-    assert "staged already" in str(reports[-1]["message"]) and reports[-1]["files"] == 0
+    again = reports[-1]
+    assert "staged already" in str(again["message"]) and again["files"] == 0
 
     # what it marked gone (or another version): the read-only tree is made anew, from the cache
     (dest.parent / ".data-1.staged").write_text("another version")
@@ -166,3 +167,14 @@ def test_another_file_system_links_beside_the_cache_and_prunes_ended_jobs(
         assert len(list((cache / "slots").iterdir())) == 3
     finally:
         stagein_client._remove_tree(cache)
+
+
+def test_the_cache_is_the_variable_else_the_nodes_else_tmp(tmp_path: Path) -> None:
+    conf = tmp_path / "cache.conf"
+    uid = str(os.getuid())
+    assert stagein_client.default_cache({"REMOTEGPU_CACHE_DIR": "/scratch/me"}, conf) == Path("/scratch/me")
+    assert stagein_client.default_cache({}, conf).name == f"remotegpu-cache-{uid}"  # no conf: /tmp
+    conf.write_text("# by Salt\nREMOTEGPU_CACHE_DIR=/var/cache/remotegpu/datasets\nREMOTEGPU_CACHE_MAX_GB=200\n")
+    assert stagein_client.default_cache({}, conf) == Path("/var/cache/remotegpu/datasets") / uid
+    conf.write_text("REMOTEGPU_CACHE_DIR=relative/path\n")  # not a place to trust
+    assert stagein_client.default_cache({}, conf).name == f"remotegpu-cache-{uid}"
