@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
@@ -61,11 +61,18 @@ class NodeController(Controller):
     dependencies = ADMIN_DEPENDENCIES
 
     @get("/")
-    async def list_nodes(self, db_session: DbSession, admin: CurrentActor, settings: AppSettings) -> NodesOut:
+    async def list_nodes(
+        self,
+        db_session: DbSession,
+        admin: CurrentActor,
+        settings: AppSettings,
+        request: Request[object, object, State],
+    ) -> Response[NodesOut]:
         """Every node with Slurm's state, GPUs and reason from the poller's last snapshot (no Slurm call), the
         gateway's jobs running there, and its last provision run."""
         del admin
-        return await service.list_nodes(db_session, settings)
+        body = await service.list_nodes_json(request.app.state.database, db_session, settings)
+        return Response(cast(Any, body), media_type=MediaType.JSON)
 
     @post("/")
     async def register_node(

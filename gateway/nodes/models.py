@@ -90,8 +90,9 @@ class RunTarget(Base):
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     """queued (no job yet), running (submitted), done (every state succeeded), failed."""
     jid: Mapped[str | None] = mapped_column(String(32), default=None)
-    submitted_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    submitted_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    """(Both indexed: their newest is part of the nodes list's version, gateway.nodes.service.)"""
     retcode: Mapped[int | None] = mapped_column(Integer, default=None)
     states_total: Mapped[int] = mapped_column(Integer, default=0)
     states_changed: Mapped[int] = mapped_column(Integer, default=0)

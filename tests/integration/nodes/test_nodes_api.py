@@ -76,6 +76,8 @@ async def test_admins_register_list_and_remove_nodes(
     detect = await api.post(URL, json={"name": "n2", "address": "n2.cluster", "gpus": "detect"}, headers=root)
     assert detect.status_code == 201 and detect.json()["node"]["gpus"]["detect"] is True
 
+    before = (await api.get(URL, headers=root)).json()  # (the list is kept while what it is made of stays)
+    assert [n["slurm"] for n in before["items"]] == [None, None] and before["stale"] is True
     # the poller's snapshot: Slurm's view beside each node (no Slurm call here)
     slurm = [
         SlurmNode(name="gpu-node-01", state="IDLE+DRAIN", reason="replacing a fan", partitions=("gpu",), cpus=64,
@@ -100,6 +102,7 @@ async def test_admins_register_list_and_remove_nodes(
     assert (await api.delete(f"{URL}/n2", headers=alice)).status_code == 403
     assert (await api.delete(f"{URL}/n2", headers=root)).status_code == 204
     assert (await api.get(f"{URL}/n2", headers=root)).status_code == 404
+    assert [n["name"] for n in (await api.get(URL, headers=root)).json()["items"]] == ["gpu-node-01"]
     assert (await api.delete(f"{URL}/n2", headers=root)).status_code == 404
     assert [a.target for a in await _audit(clean_database, "node.register")] == ["gpu-node-01", "n2"]
     assert all(SECRET not in str(a.details) for a in await _audit(clean_database, "node.register"))
@@ -139,6 +142,7 @@ async def test_provision_runs_are_queued_once_per_node(
     root = await make_user("root", admin=True)
     for name in ("n1", "n2"):
         assert (await api.post(URL, json={**BODY, "name": name}, headers=root)).status_code == 201
+    assert all(n["last_run"] is None for n in (await api.get(URL, headers=root)).json()["items"])
     r = await api.post(f"{URL}/n1/provision", json={"states": ["remotegpu.munge", "remotegpu.slurmd"]}, headers=root)
     assert r.status_code == 201, r.text
     run = r.json()

@@ -113,7 +113,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_node_run_targets")),
     )
     with op.batch_alter_table("node_run_targets", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_node_run_targets_finished_at"), ["finished_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_node_run_targets_node_id"), ["node_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_node_run_targets_submitted_at"), ["submitted_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_node_run_targets_run_id"), ["run_id"], unique=False)
         batch_op.create_index("uq_node_run_targets", ["run_id", "node_id"], unique=True)
         batch_op.create_index(
@@ -163,7 +165,9 @@ def downgrade() -> None:
         )
         batch_op.drop_index("uq_node_run_targets")
         batch_op.drop_index(batch_op.f("ix_node_run_targets_run_id"))
+        batch_op.drop_index(batch_op.f("ix_node_run_targets_submitted_at"))
         batch_op.drop_index(batch_op.f("ix_node_run_targets_node_id"))
+        batch_op.drop_index(batch_op.f("ix_node_run_targets_finished_at"))
 
     op.drop_table("node_run_targets")
     with op.batch_alter_table("node_bootstrap_tokens", schema=None) as batch_op:
