@@ -11,8 +11,9 @@ state run survives, being idempotent). Claims are one conditional UPDATE (queued
 expired lease), so of two racing workers one wins.
 
 **Failures.** salt-api unreachable before any node was submitted: the attempt is retried after 10 s, then
-20 s; the third failure fails the run. Once submitted, a run ends ``done`` when every node returned with every
-state succeeded, else ``failed`` (its nodes say why).
+20 s; the third failure fails the run. A run taken over ``MAX_CLAIMS`` times (its workers keep dying) fails.
+Once submitted, a run ends ``done`` when every node returned with every state succeeded, else ``failed`` (its
+nodes say why).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ from gateway.nodes.service import salt_api
 log = structlog.get_logger("gateway.nodes.runs")
 SYSTEM = Actor.system("provision")
 MAX_ATTEMPTS = 3
+"""Attempts that fail before any node has its job (salt-api away): then the run fails."""
+MAX_CLAIMS = 6
+"""Claims in all, takeovers of a dead worker's run included: a run that keeps killing its workers fails."""
 RUNS = Counter("remotegpu_node_runs_total", "Provision runs ended, by outcome", ["outcome", "mode"])
 RUN_SECONDS = Histogram(
     "remotegpu_node_run_seconds",
@@ -106,6 +110,12 @@ def claim(session: Session, run_id: int, owner: str, lease_seconds: float) -> bo
 
 def _claim_due(session: Session, owner: str, limit: int, lease_seconds: float) -> list[int]:
     now = utcnow()
+    for run_id in session.scalars(
+        select(ProvisionRun.id).where(
+            ProvisionRun.status == RUNNING, ProvisionRun.lease_until < now, ProvisionRun.attempts >= MAX_CLAIMS
+        )
+    ).all():  # its workers keep dying on it: no more takeovers
+        _give_up(session, run_id, f"its worker stopped {MAX_CLAIMS} times (lease expired)", now)
     candidates = session.scalars(
         select(ProvisionRun.id)
         .where(_due(now))
@@ -119,6 +129,22 @@ def _claim_due(session: Session, owner: str, limit: int, lease_seconds: float) -
         if claim(session, run_id, owner, lease_seconds):
             claimed.append(run_id)
     return claimed
+
+
+def _give_up(session: Session, run_id: int, error: str, now: datetime) -> None:
+    done = session.execute(
+        update(ProvisionRun)
+        .where(ProvisionRun.id == run_id, ProvisionRun.status == RUNNING, ProvisionRun.lease_until < now)
+        .values(status=FAILED, finished_at=now, lease_owner=None, lease_until=None, error=error, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if done:
+        session.execute(
+            update(RunTarget)
+            .where(RunTarget.run_id == run_id, RunTarget.status.in_((QUEUED, RUNNING)))
+            .values(status=FAILED, finished_at=now, error=error)
+        )
+        RUNS.labels(FAILED, "unknown").inc()
 
 
 def _audit(session: Session, run_id: int, action: str, node: str, **details: Any) -> None:

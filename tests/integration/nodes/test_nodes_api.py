@@ -20,8 +20,8 @@ from gateway.cluster.models import ClusterSnapshot
 from gateway.config import Settings
 from gateway.db.base import utcnow
 from gateway.db.session import Database
-from gateway.nodes import tokens
-from gateway.nodes.models import BootstrapToken, Node
+from gateway.nodes import runs, tokens
+from gateway.nodes.models import BootstrapToken, Node, ProvisionRun
 from slurm.records import Node as SlurmNode
 from slurm.records import NodeGpus
 from tests.conftest import UserFactory, asgi_client
@@ -250,3 +250,31 @@ async def test_a_fresh_bootstrap_command_and_the_script(
         made = await bare.post(URL, json={**BODY, "name": "n3"}, headers=root)
         assert made.status_code == 201 and made.json()["bootstrap"] is None
         assert (await _exchange(bare, "gpu-node-01", first["token"])).status_code == 401
+
+
+async def test_runs_retry_while_salt_api_is_away_and_give_up_on_workers_that_keep_dying(
+    api: httpx.AsyncClient, make_user: UserFactory, clean_database: Database, keyed: Settings
+) -> None:
+    root = await make_user("root", admin=True)
+    assert (await api.post(URL, json=BODY, headers=root)).status_code == 201
+    run_id = (await api.post(f"{URL}/gpu-node-01/provision", json={}, headers=root)).json()["id"]
+    quick = runs.RunOptions(backoff_seconds=0)
+    for attempt in (1, 2, 3):  # nothing listens where salt-api should be: retried, then failed
+        assert await runs.run_due(clean_database, keyed, options=quick) == [run_id]
+        got = (await api.get(f"{URL}/runs/{run_id}", headers=root)).json()
+        assert got["attempts"] == attempt and "cannot reach salt-api" in got["error"]
+        assert got["status"] == ("failed" if attempt == 3 else "queued"), got
+    assert got["targets"][0]["status"] == "failed"
+    assert await runs.run_due(clean_database, keyed, options=quick) == []
+
+    # a run whose workers died on it again and again (lease expired each time): failed, not taken over again
+    other = (await api.post(f"{URL}/gpu-node-01/provision", json={"apply": True}, headers=root)).json()["id"]
+    async with clean_database.session() as session:
+        row = await session.get_one(ProvisionRun, other)
+        row.status, row.attempts, row.lease_owner = "running", runs.MAX_CLAIMS, "dead-worker"
+        row.lease_until = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    assert await runs.run_due(clean_database, keyed, options=quick) == []
+    got = (await api.get(f"{URL}/runs/{other}", headers=root)).json()
+    assert got["status"] == "failed" and "stopped 6 times" in got["error"], got
+    assert got["targets"][0]["status"] == "failed"
