@@ -230,7 +230,7 @@ async def check(database: Database, settings: Settings, only: str | None = None)
             results = list(await asyncio.gather(*(_bounded_probe(source, keys, settings) for source in sources)))
         now = utcnow()
         for source, result in zip(sources, results, strict=True):
-            _record_health(source, result, now)
+            _record_health(session, source, result, now)
         await session.commit()
         return sources
 
@@ -245,10 +245,19 @@ async def _bounded_probe(source: StorageSource, keys: KeyRing, settings: Setting
         return Health("down", None, f"no answer within {limit:g} s")
 
 
-def _record_health(source: StorageSource, result: Health, now: datetime) -> None:
+def _record_health(session: AsyncSession, source: StorageSource, result: Health, now: datetime) -> None:
+    """The check's result on the source's row and in the metrics; a change of health also in the audit trail."""
     if result.health != source.health:
         log.info("storage_source_health", source=source.name, health=result.health, error=result.error)
         HEALTH_CHANGES.labels(source.name, result.health).inc()
+        record(
+            session,
+            Actor.system("health-check"),
+            "storage_source.health",
+            target_type="storage_source",
+            target=source.name,
+            details={"from": source.health, "to": result.health, "error": result.error},
+        )
     source.health, source.latency_ms, source.last_error, source.checked_at = (
         result.health,
         result.latency_ms,
