@@ -22,15 +22,15 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from gateway.app import create_app
 from gateway.audit.models import AuditEntry
 from gateway.config import Settings
 from gateway.db.session import Database
 from gateway.nodes import runs, service
-from gateway.nodes.models import StateResult
-from gateway.nodes.salt_results import job_returns
+from gateway.nodes.models import Node, StateResult
+from gateway.nodes.salt_results import detected_gpus, job_returns
 from gateway.nodes.tokens import minion_finger
 from tests.conftest import UserFactory, asgi_client
 from tests.integration.salt.conftest import REPO, SaltStack
@@ -193,6 +193,24 @@ def _file(path: Path) -> tuple[bytes, int] | None:
     if not path.exists():
         return None
     return path.read_bytes(), path.stat().st_mode & 0o777
+
+
+async def test_detected_gpus_come_from_the_nodes_grains(
+    api: httpx.AsyncClient, make_user: UserFactory, clean_database: Database, salted: Settings, salt_stack: SaltStack
+) -> None:
+    """n2 has no GPU Salt can see (its ``gpus`` grain, from lspci): a "detect" node is found to have none."""
+    root = await make_user("root", admin=True)
+    assert (await api.post(URL, json={"name": "n2", "address": "127.0.0.1", "gpus": "detect"}, headers=root)).is_success
+    grain = salt_stack.call("grains.item", tgt="n2", arg=["gpus"])["n2"]["gpus"]
+    async with clean_database.session() as session:  # what an earlier detection found: asked again, replaced
+        await session.execute(update(Node).where(Node.name == "n2").values(gpu_type="v100", gpu_count=5))
+        await session.commit()
+    run_id = await _provision(api, root, "/n2/provision", {"states": ["remotegpu.gemini"]})
+    await _run(clean_database, salted, run_id)
+    assert (await api.get(f"{URL}/runs/{run_id}", headers=root)).json()["status"] == "done"
+    node = (await api.get(f"{URL}/n2", headers=root)).json()
+    kind, count = detected_gpus(grain)
+    assert node["gpus"] == {"type": kind, "count": count, "detect": True}
 
 
 async def test_a_failing_sls_fails_the_run_with_why(
