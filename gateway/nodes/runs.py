@@ -56,6 +56,8 @@ MAX_ATTEMPTS = 3
 """Attempts that fail before any node has its job (salt-api away): then the run fails."""
 MAX_CLAIMS = 6
 """Claims in all, takeovers of a dead worker's run included: a run that keeps killing its workers fails."""
+AT_ONCE = 16
+"""salt-api requests a run makes at once (submissions, job lookups)."""
 RUNS = Counter("remotegpu_node_runs_total", "Provision runs ended, by outcome", ["outcome", "mode"])
 RUN_SECONDS = Histogram(
     "remotegpu_node_run_seconds",
@@ -340,23 +342,38 @@ class _Run:
             self.secret = base64.b64encode(munge).decode()
         site = await asyncio.to_thread(pillars.read_site, self.settings.node_pillar_file)
         last_renew = time.monotonic()
-        for target in pending:
+        for start in range(0, len(pending), AT_ONCE):  # salt-api calls at once; each jid committed as it comes
             if time.monotonic() - last_renew > self.options.lease_seconds / 3:
                 await self.renew()
                 last_renew = time.monotonic()
             if self.lost:
                 return
-            if target.node not in self.loaded.facts:
-                gone = MinionOutcome(states=[], retcode=None, error="the node was removed before its job started")
-                await self.database.run(partial(self._ended, target, gone))
-                target.status = FAILED
-                continue
-            await self._detect(target.node)
-            jid = await self.salt.state_apply_async(
-                target.node, self.loaded.states, test=self.loaded.test, pillar=self._pillar(target.node, munge, site)
-            )
-            await self.database.run(partial(self._submitted, target, jid))
-            target.jid, target.status, target.submitted_at = jid, RUNNING, utcnow()
+            batch = pending[start : start + AT_ONCE]
+            done = await asyncio.gather(*(self._submit_one(t, munge, site) for t in batch), return_exceptions=True)
+            failed = next((e for e in done if isinstance(e, BaseException)), None)
+            if failed is not None:
+                raise failed
+
+    async def _submit_one(self, target: _Target, munge: bytes | None, site: Mapping[str, Any]) -> None:
+        if target.node not in self.loaded.facts:
+            gone = MinionOutcome(states=[], retcode=None, error="the node was removed before its job started")
+            await self.database.run(partial(self._ended, target, gone))
+            target.status = FAILED
+            return
+        await self._detect(target.node)
+        jid = await self.salt.state_apply_async(
+            target.node, self.loaded.states, test=self.loaded.test, pillar=self._pillar(target.node, munge, site)
+        )
+        await self.database.run(partial(self._submitted, target, jid))
+        target.jid, target.status, target.submitted_at = jid, RUNNING, utcnow()
+
+    async def _look_up(self, target: _Target) -> dict[str, Any]:
+        assert target.jid is not None
+        try:
+            return await self.salt.job(target.jid)
+        except SaltApiError as exc:  # salt-api away for a moment: the lease stays, ask again
+            log.warning("node_job_lookup_failed", run=self.loaded.run_id, node=target.node, error=str(exc))
+            return {}
 
     async def follow(self) -> None:
         """Ask for each open job until it returned or timed out; results stored as they come."""
@@ -368,19 +385,16 @@ class _Run:
                 pass
         timeout = timedelta(seconds=self.settings.node_run_timeout_seconds)
         last_renew = time.monotonic()
+        rounds = 0
         while not self.lost:
             open_targets = [t for t in self.loaded.targets if t.status == RUNNING and t.jid is not None]
             if not open_targets:
                 return
-            for target in open_targets:
-                assert target.jid is not None
-                try:
-                    job = await self.salt.job(target.jid)
-                except SaltApiError as exc:  # salt-api away for a moment: the lease stays, ask again
-                    log.warning("node_job_lookup_failed", run=self.loaded.run_id, node=target.node, error=str(exc))
-                    job = {}
-                returns = job_returns(job)
-                outcome = returns.get(target.node)
+            jobs: list[dict[str, Any]] = []
+            for start in range(0, len(open_targets), AT_ONCE):
+                jobs += await asyncio.gather(*(self._look_up(t) for t in open_targets[start : start + AT_ONCE]))
+            for target, job in zip(open_targets, jobs, strict=True):
+                outcome = job_returns(job).get(target.node)
                 if outcome is None:
                     minions = job_minions(job)
                     if minions is not None and target.node not in minions:
@@ -396,7 +410,9 @@ class _Run:
                 await self.renew()
                 last_renew = time.monotonic()
             if any(t.status == RUNNING for t in self.loaded.targets):
-                await asyncio.sleep(self.settings.node_poll_seconds)
+                # soon at first (a dry run returns in a second or two), then every node_poll_seconds
+                await asyncio.sleep(min(self.settings.node_poll_seconds, 0.1 * 2**rounds))
+                rounds += 1
 
 
 def _finish(run_id: int, owner: str, session: Session) -> str | None:
