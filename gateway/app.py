@@ -44,6 +44,8 @@ from gateway.workspaces.controller import MemberController, QuotaController, Wor
 from slurm.client import SlurmClient
 
 LOGIN_PATH = "/api/v1/auth/tokens"
+BOOTSTRAP_PATH = "/api/v1/nodes/bootstrap"
+"""Nodes' one-time token exchanges: unauthenticated, so throttled like password logins."""
 CONTROLLERS = [
     AuthController,
     MeController,
@@ -120,11 +122,14 @@ def create_app(
             if owns_database:
                 await db.dispose()
 
-    # Slow down password guessing: only the login route is throttled (every other path bypasses this).
+    # Slow down password and token guessing: only the login and the nodes' bootstrap exchange are throttled (every
+    # other path bypasses this).
     login_throttle = RateLimitConfig(
         rate_limit=("minute", settings.login_attempts_per_minute),
-        exclude=[r"^/(?!api/v1/auth/tokens/?$)."],
-        check_throttle_handler=lambda request: request.method == "POST" and request.url.path.startswith(LOGIN_PATH),
+        exclude=[r"^/(?!(?:api/v1/auth/tokens|api/v1/nodes/bootstrap)/?$)."],
+        check_throttle_handler=lambda request: (
+            request.method == "POST" and request.url.path.rstrip("/") in (LOGIN_PATH, BOOTSTRAP_PATH)
+        ),
     )
     allow: dict[str, str] = {}
     app = Litestar(

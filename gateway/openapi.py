@@ -125,8 +125,8 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> Iterat
         yield 422  # an Idempotency-Key reused with a different body
     if body:
         yield 413  # body over max_body_bytes
-    if (path, method) == _LOGIN:
-        yield 429  # password guessing throttled
+    if (path, method) in (_LOGIN, _NODE_BOOTSTRAP):
+        yield 429  # password (or bootstrap token) guessing throttled
     if path not in _NO_DATABASE:
         yield 503  # database (or Slurm) not answering; Retry-After says when to try again
 

@@ -278,3 +278,12 @@ async def test_runs_retry_while_salt_api_is_away_and_give_up_on_workers_that_kee
     got = (await api.get(f"{URL}/runs/{other}", headers=root)).json()
     assert got["status"] == "failed" and "stopped 6 times" in got["error"], got
     assert got["targets"][0]["status"] == "failed"
+
+
+async def test_token_guessing_is_throttled_like_password_guessing(keyed: Settings, clean_database: Database) -> None:
+    throttled = msgspec.structs.replace(keyed, login_attempts_per_minute=3)
+    async with asgi_client(create_app(throttled, database=clean_database)) as api:
+        answers = [(await _exchange(api, "n1", f"guess-{i}")).status_code for i in range(5)]
+        assert answers == [401, 401, 401, 429, 429]
+        assert (await api.get(f"{URL}/bootstrap.sh")).status_code == 200  # only the exchange is throttled
+    assert len(await _audit(clean_database, "node.bootstrap_refused")) == 3
