@@ -137,7 +137,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     node_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     """How often a running provision run asks salt-api whether its jobs have returned."""
     munge_key_path: str = "/etc/munge/munge.key"
-    """The cluster's munge key, sent (base64, in the POST body only) in the pillar of each provision run."""
+    """The cluster's munge key for ``remotegpu.munge`` ("" : the gateway sends none; the master's own pillar holds
+    it)."""
+    salt_secrets_pillar: str | None = None
+    """A pillar file on the salt-master every minion's pillar includes (the dev stack's ``remotegpu_secrets.sls``):
+    the gateway writes the munge key there (mode 0600) instead of into each run's pillar, which Salt's job cache
+    keeps and ``GET /jobs`` shows. None: the key travels in the run's pillar (POST body only)."""
     node_pillar_root: str = ""
     """``remotegpu:root`` of every run's pillar: a prefix for every path the states write ("" on real nodes)."""
     node_pillar_file: str | None = None

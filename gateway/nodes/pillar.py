@@ -6,6 +6,9 @@ generates; the states' own defaults (``map.jinja``) under both."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -89,6 +92,22 @@ def build(
         generated["slurm"] = {"cluster": cluster}
     site_part = (site or {}).get("remotegpu", site or {})
     return {"remotegpu": merge(site_part if isinstance(site_part, Mapping) else {}, generated)}
+
+
+def write_secrets(path: str, munge_key: bytes) -> None:
+    """The master's secrets pillar (JSON, which Salt's YAML renderer reads): the munge key, mode 0600, replaced
+    atomically and only when it changed."""
+    target = Path(path)
+    text = json.dumps({"remotegpu": {"munge": {"key_b64": base64.b64encode(munge_key).decode()}}}) + "\n"
+    try:
+        if target.is_file() and target.read_text() == text:
+            return
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w") as out:  # mkstemp: mode 0600 from the start
+            out.write(text)
+        Path(tmp).replace(target)
+    except OSError as exc:
+        raise PillarError(f"cannot write salt_secrets_pillar {path}: {exc.strerror}") from None
 
 
 def read_munge_key(path: str) -> bytes:

@@ -335,11 +335,14 @@ class _Run:
             return
         munge = (
             await asyncio.to_thread(pillars.read_munge_key, self.settings.munge_key_path)
-            if self._needs_munge()
+            if self._needs_munge() and self.settings.munge_key_path
             else None
         )
         if munge is not None:
             self.secret = base64.b64encode(munge).decode()
+            if self.settings.salt_secrets_pillar:  # the master's pillar holds it: not in the jobs' arguments
+                await asyncio.to_thread(pillars.write_secrets, self.settings.salt_secrets_pillar, munge)
+                munge = None
         site = await asyncio.to_thread(pillars.read_site, self.settings.node_pillar_file)
         last_renew = time.monotonic()
         for start in range(0, len(pending), AT_ONCE):  # salt-api calls at once; each jid committed as it comes

@@ -3,8 +3,10 @@ across test processes and runs (like the Slurm cluster); deploy/dev/salt/down st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,22 @@ def salt_stack() -> SaltStack:
         minions=["n1", "n2"],
         root=Path(os.environ.get("REMOTEGPU_SALT_ROOT", "/var/tmp/remotegpu-salt")),
     )
+
+
+SECRETS_LOCK = "salt-secrets-pillar"
+"""Held by a test while the master's remotegpu_secrets.sls exists (every minion's pillar then has a munge key)."""
+
+
+@contextlib.contextmanager
+def secrets_pillar_away(salt_stack: SaltStack) -> Iterator[None]:
+    """The master's secrets pillar (a dev gateway's provision runs leave it) set aside for the block."""
+    secrets = salt_stack.root / "pillar/remotegpu_secrets.sls"
+    aside = secrets.with_name(".remotegpu_secrets.aside")
+    moved = secrets.exists()
+    if moved:
+        secrets.replace(aside)
+    try:
+        yield
+    finally:
+        if moved:
+            aside.replace(secrets)

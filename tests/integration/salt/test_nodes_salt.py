@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -33,7 +34,8 @@ from gateway.nodes.models import Node, StateResult
 from gateway.nodes.salt_results import detected_gpus, job_returns
 from gateway.nodes.tokens import minion_finger
 from tests.conftest import UserFactory, asgi_client
-from tests.integration.salt.conftest import REPO, SaltStack
+from tests.integration.salt.conftest import REPO, SECRETS_LOCK, SaltStack, secrets_pillar_away
+from tests.locks import held
 
 pytestmark = pytest.mark.integration
 URL = "/api/v1/nodes"
@@ -147,6 +149,37 @@ async def test_dry_run_then_apply_into_a_scratch_root_with_per_state_results(
     assert rows and all(secret not in msgspec.json.encode([r.comment, r.changes, r.name]).decode() for r in rows)
     assert all(secret not in msgspec.json.encode(e.details).decode() for e in entries)
     assert {e.action for e in entries} >= {"node.provision", "node.run_submitted", "node.run_node_ended"}
+
+
+async def test_with_the_masters_secrets_pillar_the_key_stays_out_of_the_job(
+    make_user: UserFactory, clean_database: Database, salted: Settings, salt_stack: SaltStack, munge_key: bytes
+) -> None:
+    """``salt_secrets_pillar`` set: the gateway writes the munge key into the master's secrets pillar (0600) and
+    sends none in the run's pillar, so the job Salt keeps (``GET /jobs/<jid>``) does not hold it."""
+    secrets = salt_stack.root / "pillar/remotegpu_secrets.sls"
+    settings = msgspec.structs.replace(salted, salt_secrets_pillar=str(secrets))
+    secret = base64.b64encode(munge_key).decode()
+    with held(SECRETS_LOCK), secrets_pillar_away(salt_stack):
+        try:
+            async with asgi_client(create_app(settings, database=clean_database)) as api:
+                root = await make_user("root", admin=True)
+                body = {"name": "n1", "address": "127.0.0.1"}
+                assert (await api.post(URL, json=body, headers=root)).status_code == 201
+                applied = await _provision(api, root, "/n1/provision", {"states": ["remotegpu.munge"], "apply": True})
+                await _run(clean_database, settings, applied)
+                run = (await api.get(f"{URL}/runs/{applied}", headers=root)).json()
+            assert run["status"] == "done", run
+            assert stat.S_IMODE(secrets.stat().st_mode) == 0o600 and secret in secrets.read_text()
+            key_file = Path(salted.node_pillar_root, "etc/munge/munge.key")
+            assert await asyncio.to_thread(_file, key_file) == (munge_key, 0o400)
+            salt = salt_stack.client()
+            try:
+                job = salt.get(f"/jobs/{run['targets'][0]['jid']}").text
+            finally:
+                salt.close()
+            assert "remotegpu.munge" in job and secret[:24] not in job
+        finally:
+            secrets.unlink(missing_ok=True)
 
 
 async def test_a_run_whose_worker_dies_is_taken_over_without_a_second_job(

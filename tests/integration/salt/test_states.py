@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.salt.conftest import REPO, SaltStack
+from tests.integration.salt.conftest import REPO, SECRETS_LOCK, SaltStack, secrets_pillar_away
+from tests.locks import held
 
 pytestmark = pytest.mark.integration
 
@@ -541,13 +542,15 @@ def test_munge_key_is_written_0400_and_never_shown(salt_stack: SaltStack, scratc
     log = salt_stack.root / "nodes/n1/salt/var/log/salt/minion"
     assert not log.exists() or key_b64[:24] not in log.read_text(errors="replace")
 
-    # no key in pillar: the state fails saying so, in a dry run too
-    for test in (True, False):
-        states = by_id(
-            apply(salt_stack, "remotegpu.munge", node_pillar(scratch, munge={"key_b64": ""}), test=test)["n1"]
-        )
-        assert states["remotegpu_munge_key"]["result"] is False
-        assert "No munge key in pillar" in states["remotegpu_munge_key"]["comment"]
+    # no key in pillar: the state fails saying so, in a dry run too (not while a test has the master's secrets
+    # pillar hold one)
+    with held(SECRETS_LOCK), secrets_pillar_away(salt_stack):
+        for test in (True, False):
+            states = by_id(
+                apply(salt_stack, "remotegpu.munge", node_pillar(scratch, munge={"key_b64": ""}), test=test)["n1"]
+            )
+            assert states["remotegpu_munge_key"]["result"] is False
+            assert "No munge key in pillar" in states["remotegpu_munge_key"]["comment"]
 
 
 def test_munge_key_from_the_masters_own_pillar_stays_out_of_the_job(salt_stack: SaltStack, scratch: Path) -> None:
@@ -556,28 +559,29 @@ def test_munge_key_from_the_masters_own_pillar_stays_out_of_the_job(salt_stack: 
     key = os.urandom(1024)
     key_b64 = base64.b64encode(key).decode()
     secrets = salt_stack.root / "pillar/remotegpu_secrets.sls"
-    secrets.touch(mode=0o600)
-    secrets.write_text(json.dumps({"remotegpu": {"munge": {"key_b64": key_b64}}}))
     pillar = node_pillar(scratch)
     del pillar["remotegpu"]["munge"]
-    try:
-        http = salt_stack.client()
+    with held(SECRETS_LOCK), secrets_pillar_away(salt_stack):
+        secrets.touch(mode=0o600)
+        secrets.write_text(json.dumps({"remotegpu": {"munge": {"key_b64": key_b64}}}))
         try:
-            low = {
-                "client": "local",
-                "tgt": "n1",
-                "fun": "state.apply",
-                "arg": ["remotegpu.munge"],
-                "kwarg": {"pillar": pillar, "queue": True},
-                "full_return": True,
-            }
-            response = http.post("/", json=[low])
-            ret = response.json()["return"][0]["n1"]
-            job = http.get(f"/jobs/{ret['jid']}").text
+            http = salt_stack.client()
+            try:
+                low = {
+                    "client": "local",
+                    "tgt": "n1",
+                    "fun": "state.apply",
+                    "arg": ["remotegpu.munge"],
+                    "kwarg": {"pillar": pillar, "queue": True},
+                    "full_return": True,
+                }
+                response = http.post("/", json=[low])
+                ret = response.json()["return"][0]["n1"]
+                job = http.get(f"/jobs/{ret['jid']}").text
+            finally:
+                http.close()
         finally:
-            http.close()
-    finally:
-        secrets.unlink()
+            secrets.unlink()
     states = by_id(ret["ret"])
     assert states["remotegpu_munge_key"]["result"] is True
     assert (scratch / "etc/munge/munge.key").read_bytes() == key
