@@ -5,9 +5,13 @@ with the stack's master config (the baseline), (b) one gateway call: ``POST /api
 in-process API, the worker's ``run_due`` claiming it, one ``local_async`` job per node through salt-api, polled
 every ``node_poll_seconds`` until each returned and its per-state results stored; the time is from the POST to
 the run read back ``done``. Rounds alternate (a) and (b); prints each median and the ratio gateway / salt. The
-issue's goal is <= 1.2x with 10 minions; this stack has two (run it with more minions where a stack has them).
+issue's goal is <= 1.2x with 10 minions: the dev stack runs as many as asked,
 
+    REMOTEGPU_SALT_MINIONS="$(echo n{1..10})" deploy/dev/salt/up >/dev/null
     .venv/bin/python bench/provision.py [--states remotegpu.gemini] [--rounds 5] [--backend sqlite|postgresql]
+    REMOTEGPU_SALT_MINIONS="n1 n2" deploy/dev/salt/up >/dev/null      # back to the usual two
+
+(the minions are the stack's, as deploy/dev/salt/up recorded them; ``--minions n1,n2`` picks some).
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ from gateway.nodes import runs  # noqa: E402
 
 GOAL = 1.2
 SALT_ROOT = Path(os.environ.get("REMOTEGPU_SALT_ROOT", "/var/tmp/remotegpu-salt"))
-MINIONS = ("n1", "n2")
+MINIONS: list[str] = []
+"""The minions of the runs: ``--minions``, else every one the dev stack runs."""
+
+
+def stack_minions() -> list[str]:
+    recorded = SALT_ROOT / "minions"
+    return recorded.read_text().split() if recorded.is_file() else ["n1", "n2"]
 
 
 def salt_cli(states: str) -> float:
@@ -103,7 +113,9 @@ def main() -> int:
     parser.add_argument("--states", default="remotegpu.gemini", help="comma-separated state ids")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--minions", help="comma-separated minion ids (default: the dev stack's)")
     args = parser.parse_args()
+    MINIONS[:] = args.minions.split(",") if args.minions else stack_minions()
     states = args.states.split(",")
     print(
         f"provision benchmark: {', '.join(states)} test=True on {', '.join(MINIONS)}, {args.rounds} rounds, "

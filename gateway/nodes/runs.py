@@ -1,7 +1,9 @@
 """Provision runs as durable jobs: the worker claims a queued run with a lease, submits one ``state.apply`` per
-node through salt-api (``local_async``: each node's jid is committed as soon as Salt gives it), asks
-``GET /jobs/<jid>`` until every node has returned or ``node_run_timeout_seconds`` is over, and stores each
-node's per-state results as they arrive.
+batch of up to ``BATCH`` nodes through salt-api (``local_async`` with a list target; the jid is committed for
+each of the batch's nodes as soon as Salt gives it), asks ``GET /jobs/<jid>`` (once per job, whatever its number
+of nodes) until every node has returned or ``node_run_timeout_seconds`` is over, and stores each node's
+per-state results as they arrive. The job's pillar holds what its nodes share under ``remotegpu`` and each node's
+own facts under ``remotegpu_nodes:<id>``, which the formula's map.jinja merges over the rest.
 
 **Crashes.** The lease (``lease_until``) is renewed while the run goes on; a worker that dies leaves it to
 expire and the next claim takes the run over: nodes whose jid is recorded are *not* submitted again, their job
@@ -57,7 +59,9 @@ MAX_ATTEMPTS = 3
 MAX_CLAIMS = 6
 """Claims in all, takeovers of a dead worker's run included: a run that keeps killing its workers fails."""
 AT_ONCE = 16
-"""salt-api requests a run makes at once (submissions, job lookups)."""
+"""salt-api requests a run makes at once (GPU detections, job lookups)."""
+BATCH = 200
+"""Nodes per Salt job: one job's lookup answers for all of them (a lookup costs the master a runner)."""
 RUNS = Counter("remotegpu_node_runs_total", "Provision runs ended, by outcome", ["outcome", "mode"])
 RUN_SECONDS = Histogram(
     "remotegpu_node_run_seconds",
@@ -345,37 +349,52 @@ class _Run:
                 munge = None
         site = await asyncio.to_thread(pillars.read_site, self.settings.node_pillar_file)
         last_renew = time.monotonic()
-        for start in range(0, len(pending), AT_ONCE):  # salt-api calls at once; each jid committed as it comes
+        for start in range(0, len(pending), BATCH):  # one Salt job per batch; its jid committed as it comes
             if time.monotonic() - last_renew > self.options.lease_seconds / 3:
                 await self.renew()
                 last_renew = time.monotonic()
             if self.lost:
                 return
-            batch = pending[start : start + AT_ONCE]
-            done = await asyncio.gather(*(self._submit_one(t, munge, site) for t in batch), return_exceptions=True)
-            failed = next((e for e in done if isinstance(e, BaseException)), None)
-            if failed is not None:
-                raise failed
+            await self._submit_batch(pending[start : start + BATCH], munge, site)
 
-    async def _submit_one(self, target: _Target, munge: bytes | None, site: Mapping[str, Any]) -> None:
-        if target.node not in self.loaded.facts:
+    async def _submit_batch(self, batch: list[_Target], munge: bytes | None, site: Mapping[str, Any]) -> None:
+        present = []
+        for target in batch:
+            if target.node in self.loaded.facts:
+                present.append(target)
+                continue
             gone = MinionOutcome(states=[], retcode=None, error="the node was removed before its job started")
             await self.database.run(partial(self._ended, target, gone))
             target.status = FAILED
+        if not present:
             return
-        await self._detect(target.node)
-        jid = await self.salt.state_apply_async(
-            target.node, self.loaded.states, test=self.loaded.test, pillar=self._pillar(target.node, munge, site)
-        )
-        await self.database.run(partial(self._submitted, target, jid))
-        target.jid, target.status, target.submitted_at = jid, RUNNING, utcnow()
+        nodes = [t.node for t in present]
+        for start in range(0, len(nodes), AT_ONCE):
+            await asyncio.gather(*(self._detect(node) for node in nodes[start : start + AT_ONCE]))
+        jid, _ = await self.salt.state_apply_async(
+            nodes, self.loaded.states, test=self.loaded.test, pillar=self._batch_pillar(nodes, munge, site)
+        )  # a node Salt did not send it to is found out when the job is looked up (follow)
+        await self.database.run(partial(self._submitted_all, present, jid))
+        now = utcnow()
+        for target in present:
+            target.jid, target.status, target.submitted_at = jid, RUNNING, now
 
-    async def _look_up(self, target: _Target) -> dict[str, Any]:
-        assert target.jid is not None
+    def _submitted_all(self, targets: list[_Target], jid: str, session: Session) -> None:
+        for target in targets:
+            self._submitted(target, jid, session)
+
+    def _batch_pillar(self, nodes: list[str], munge: bytes | None, site: Mapping[str, Any]) -> dict[str, Any]:
+        """One pillar for the batch's job: what all its nodes share under ``remotegpu``, each node's own facts
+        under ``remotegpu_nodes:<minion id>`` (map.jinja merges its own over the rest)."""
+        pillar = {node: self._pillar(node, munge, site)["remotegpu"] for node in nodes}
+        common = {k: v for k, v in pillar[nodes[0]].items() if k != "node"}
+        return {"remotegpu": common, "remotegpu_nodes": {node: {"node": pillar[node]["node"]} for node in nodes}}
+
+    async def _look_up(self, jid: str) -> dict[str, Any]:
         try:
-            return await self.salt.job(target.jid)
+            return await self.salt.job(jid)
         except SaltApiError as exc:  # salt-api away for a moment: the lease stays, ask again
-            log.warning("node_job_lookup_failed", run=self.loaded.run_id, node=target.node, error=str(exc))
+            log.warning("node_job_lookup_failed", run=self.loaded.run_id, jid=jid, error=str(exc))
             return {}
 
     async def follow(self) -> None:
@@ -393,10 +412,13 @@ class _Run:
             open_targets = [t for t in self.loaded.targets if t.status == RUNNING and t.jid is not None]
             if not open_targets:
                 return
-            jobs: list[dict[str, Any]] = []
-            for start in range(0, len(open_targets), AT_ONCE):
-                jobs += await asyncio.gather(*(self._look_up(t) for t in open_targets[start : start + AT_ONCE]))
-            for target, job in zip(open_targets, jobs, strict=True):
+            jids = sorted({str(t.jid) for t in open_targets})  # a batch's nodes share their job
+            jobs: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(jids), AT_ONCE):
+                chunk = jids[start : start + AT_ONCE]
+                jobs |= zip(chunk, await asyncio.gather(*(self._look_up(jid) for jid in chunk)), strict=True)
+            for target in open_targets:
+                job = jobs[str(target.jid)]
                 outcome = job_returns(job).get(target.node)
                 if outcome is None:
                     minions = job_minions(job)

@@ -129,20 +129,21 @@ class SaltApi:
     # --- what the nodes service asks ----------------------------------------------------------------------
 
     async def state_apply_async(
-        self, minion: str, states: Sequence[str], *, test: bool, pillar: Mapping[str, Any]
-    ) -> str:
-        """Start ``state.apply`` of ``states`` on one minion; its jid."""
-        # queue: a state run already going on the minion (someone's salt-call) makes this one wait, not fail
+        self, minions: Sequence[str], states: Sequence[str], *, test: bool, pillar: Mapping[str, Any]
+    ) -> tuple[str, list[str]]:
+        """Start ``state.apply`` of ``states`` on ``minions`` as one Salt job: its jid, and the minions Salt sent
+        it to (one without an accepted key is not among them)."""
+        # queue: a state run already going on a minion (someone's salt-call) makes this one wait, not fail
         kwarg: dict[str, Any] = {"test": test, "pillar": dict(pillar), "queue": True}
         ret = await self.run(
-            {"client": "local_async", "tgt": minion, "tgt_type": "list", "fun": "state.apply",
+            {"client": "local_async", "tgt": ",".join(minions), "tgt_type": "list", "fun": "state.apply",
              "arg": [",".join(states)], "kwarg": kwarg}
         )  # fmt: skip
         jid = ret.get("jid") if isinstance(ret, Mapping) else None
-        minions = ret.get("minions") if isinstance(ret, Mapping) else None
-        if not jid or (isinstance(minions, list) and minion not in minions):  # {} or no minion: none matched
-            raise SaltApiError(f"Salt started no job on {minion!r}: is its key accepted?")
-        return str(jid)
+        matched = ret.get("minions") if isinstance(ret, Mapping) else None
+        if not jid:  # {}: none matched
+            raise SaltApiError(f"Salt started no job on {', '.join(minions)}: are their keys accepted?")
+        return str(jid), [str(m) for m in matched] if isinstance(matched, list) else list(minions)
 
     async def job(self, jid: str) -> dict[str, Any]:
         """salt-api's ``GET /jobs/<jid>``: ``{"info": [...], "return": [...]}``."""

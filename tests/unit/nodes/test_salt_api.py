@@ -40,7 +40,7 @@ class Api:
         low = json.loads(request.content)
         self.bodies.append(low)
         if low[0]["client"] == "local_async":
-            minions = ["n1"] if low[0]["tgt"] == "n1" else []
+            minions = [m for m in low[0]["tgt"].split(",") if m in ("n1", "n2")]
             return httpx.Response(200, json={"return": [{"jid": "2026", "minions": minions} if minions else {}]})
         return httpx.Response(500, text="<html>500</html>")
 
@@ -54,12 +54,12 @@ async def test_logs_in_once_and_again_when_the_token_is_refused() -> None:
     api = Api()
     async with _client(api) as salt:
         pillar = {"remotegpu": {"munge": {"key_b64": "c2VjcmV0"}}}
-        assert await salt.state_apply_async("n1", ["remotegpu.munge", "remotegpu.slurmd"], test=True,
-                                            pillar=pillar) == "2026"  # fmt: skip
+        assert await salt.state_apply_async(["n1"], ["remotegpu.munge", "remotegpu.slurmd"], test=True,
+                                            pillar=pillar) == ("2026", ["n1"])  # fmt: skip
         assert (await salt.job("2026"))["info"][0]["Minions"] == ["n1"]
         assert api.logins == 1
         api.valid = set()  # the master restarted: its tokens are gone
-        assert await salt.state_apply_async("n1", ["remotegpu"], test=False, pillar={}) == "2026"
+        assert await salt.state_apply_async(["n1"], ["remotegpu"], test=False, pillar={}) == ("2026", ["n1"])
         assert api.logins == 2
     low = api.bodies[0][0]
     assert low["arg"] == ["remotegpu.munge,remotegpu.slurmd"] and low["kwarg"] == {
@@ -82,7 +82,12 @@ async def test_a_wrong_secret_is_one_line_without_it() -> None:
 async def test_no_minion_matched_and_html_errors() -> None:
     async with _client(Api()) as salt:
         with pytest.raises(SaltApiError, match="started no job"):
-            await salt.state_apply_async("ghost", ["remotegpu"], test=True, pillar={})
+            await salt.state_apply_async(["ghost"], ["remotegpu"], test=True, pillar={})
+        # one job for several minions: those Salt did not send it to are named by their absence
+        assert await salt.state_apply_async(["n1", "ghost", "n2"], ["remotegpu"], test=True, pillar={}) == (
+            "2026",
+            ["n1", "n2"],
+        )
         with pytest.raises(SaltApiError, match="HTTP 500"):
             await salt.run({"client": "runner", "fun": "manage.status"})
 
