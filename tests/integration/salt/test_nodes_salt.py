@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,12 +35,14 @@ from gateway.nodes.models import Node, StateResult
 from gateway.nodes.salt_results import detected_gpus, job_returns
 from gateway.nodes.tokens import minion_finger
 from tests.conftest import UserFactory, asgi_client
-from tests.integration.salt.conftest import REPO, SECRETS_LOCK, SaltStack, secrets_pillar_away
+from tests.integration.salt.conftest import SECRETS_LOCK, SaltStack, secrets_pillar_away
 from tests.locks import held
 
 pytestmark = pytest.mark.integration
 URL = "/api/v1/nodes"
 SECRET = "bootstrap-secret-" + uuid.uuid4().hex
+REMOTEGPU = str(Path(sys.executable).parent / "remotegpu")
+"""The venv's console script (a clone under /root keeps its venv elsewhere than .venv: deploy/dev/lib)."""
 QUICK = runs.RunOptions(lease_seconds=30, backoff_seconds=1)
 
 
@@ -288,7 +291,7 @@ def served(salted: Settings, clean_database: Database, tmp_path: Path) -> Iterat
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(REPO / ".venv/bin/remotegpu"), "serve", "--port", str(port), "--no-migrate"],
+            [REMOTEGPU, "serve", "--port", str(port), "--no-migrate"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -351,8 +354,7 @@ def _bootstrap(served: tuple[str, Path], root: dict[str, str], salt_stack: SaltS
     }
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        remotegpu = str(REPO / ".venv/bin/remotegpu")
-        return subprocess.run([remotegpu, "node", *argv], env=cli_env, capture_output=True, text=True, timeout=60)
+        return subprocess.run([REMOTEGPU, "node", *argv], env=cli_env, capture_output=True, text=True, timeout=60)
 
     made = cli("add", node, "--address", "127.0.0.1")
     assert made.returncode == 0 and made.stdout.startswith(f"registered node {node}\n"), made.stderr

@@ -5,9 +5,11 @@ both OS families rendered by a masterless salt-call with grains set, and the sec
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -149,13 +151,15 @@ def test_highstate_applies_the_formula_through_top_sls(salt_stack: SaltStack, sc
 
 
 def test_host_mode_dry_run_changes_nothing_on_this_machine(salt_stack: SaltStack) -> None:
-    """remotegpu:root "" is a real node: the dry run reads this machine's /etc but changes nothing."""
+    """remotegpu:root "" is a real node: the dry run reads this machine's /etc but changes nothing (its users and
+    groups are looked up by name: other tests add POSIX users to /etc/passwd meanwhile)."""
+    pillar = node_pillar("")
+    accounts = [("user", u["name"]) for u in pillar["remotegpu"]["users"]]
+    accounts += [("group", g["name"]) for g in pillar["remotegpu"]["groups"]]
     watched = [
         Path(p)
         for p in (
             "/etc/fstab",
-            "/etc/passwd",
-            "/etc/group",
             "/etc/munge/munge.key",
             "/etc/slurm/gres.conf",
             "/etc/default/slurmd",
@@ -170,9 +174,16 @@ def test_host_mode_dry_run_changes_nothing_on_this_machine(salt_stack: SaltStack
             for p in watched
         }
 
-    before = snapshot()
-    states = by_id(apply(salt_stack, "remotegpu", node_pillar(""), test=True)["n1"])
-    assert snapshot() == before
+    def exists(kind: str, name: str) -> bool:
+        try:
+            (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
+        except KeyError:
+            return False
+        return True
+
+    before, had = snapshot(), [exists(*a) for a in accounts]
+    states = by_id(apply(salt_stack, "remotegpu", pillar, test=True)["n1"])
+    assert snapshot() == before and [exists(*a) for a in accounts] == had
     failed = {sid: s["comment"] for sid, s in states.items() if s["result"] is False}
     assert not failed
     assert not any(sid.endswith("_scratch") or "Skipped" in s["comment"] for sid, s in states.items())
