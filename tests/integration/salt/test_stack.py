@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.integration.salt.conftest import REPO, SaltStack
+from tests.locks import held
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,8 @@ def test_status_and_idempotent_up(salt_stack: SaltStack) -> None:
     assert status.returncode == 0, status.stdout
     assert "salt-api: running" in status.stdout and "salt-minion n2: running" in status.stdout
     pids = status.stdout
-    again = subprocess.run([str(REPO / "deploy/dev/salt/up")], capture_output=True, text=True, check=False)
+    with held("salt-up"):  # not beside another test process's deploy/dev/salt/up
+        again = subprocess.run([str(REPO / "deploy/dev/salt/up")], capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stderr
     after = subprocess.run([str(REPO / "deploy/dev/salt/status")], capture_output=True, text=True, check=False)

@@ -76,6 +76,7 @@ def _sacct(cluster: Cluster, account: str, since: str) -> dict[int, tuple[str, i
 def _sbatch_as(cluster: Cluster, user: str, account: str, command: str, *options: str) -> int:
     """``sbatch -A account`` on a login node, as ``user``, from their home (where its output can be written)."""
     home = pwd.getpwnam(user).pw_dir
+    cluster.wait_association(user, account)  # the gateway's sacctmgr has reached slurmctld (it may lag a moment)
     out = cluster.run("sbatch", "--parsable", "-A", account, "-D", home, *options, "--wrap", command, user=user)
     return int(out.strip().split(";")[0])
 
