@@ -71,7 +71,7 @@ async def gateway_rounds(url: str, states: list[str], rounds: int, baseline: lis
     settings = Settings(
         database_url=url,
         log_level="WARNING",
-        salt_api_url="http://127.0.0.1:48000",
+        salt_api_url="http://127.0.0.1:10800",
         salt_api_username="remotegpu",
         salt_api_password=secret,
     )

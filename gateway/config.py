@@ -117,7 +117,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     """How often the worker looks for due sync tasks (copies of versions between storage sources) to claim."""
 
     salt_api_url: str | None = None
-    """salt-api (rest_cherrypy) that provisions the GPU nodes, e.g. ``http://127.0.0.1:48000``; None: nodes can be
+    """salt-api (rest_cherrypy) that provisions the GPU nodes, e.g. ``http://127.0.0.1:10800``; None: nodes can be
     registered and drained, not bootstrapped or provisioned."""
     salt_api_username: str = "remotegpu"
     salt_api_password: str | None = None

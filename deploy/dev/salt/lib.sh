@@ -3,9 +3,9 @@
 SALT_ROOT="${REMOTEGPU_SALT_ROOT:-/var/tmp/remotegpu-salt}"  # venv, wheels, etc/, the daemons' root_dirs
 SALT_VERSION=3008.3   # 3008.4+ need a certifi newer than the index has (shared/notes/salt.md §1)
 SALT_VENV="$SALT_ROOT/venv"
-SALT_PUBLISH_PORT="${REMOTEGPU_SALT_PUBLISH_PORT:-45505}"
-SALT_RET_PORT="${REMOTEGPU_SALT_RET_PORT:-45506}"
-SALT_API_PORT="${REMOTEGPU_SALT_API_PORT:-48000}"
+SALT_PUBLISH_PORT="${REMOTEGPU_SALT_PUBLISH_PORT:-10505}"
+SALT_RET_PORT="${REMOTEGPU_SALT_RET_PORT:-10506}"
+SALT_API_PORT="${REMOTEGPU_SALT_API_PORT:-10800}"
 SALT_API_URL="http://127.0.0.1:$SALT_API_PORT"
 SALT_API_USER=remotegpu
 # the dev minions: n1 n2, or REMOTEGPU_SALT_MINIONS="n1 n2 n3 ..." (a benchmark's; up records the list in

@@ -139,6 +139,9 @@ class Gateway:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # as from a terminal: a runner started in the background (`cmd &`) passes SIGINT on ignored, and a
+                # Python that starts with it ignored never raises KeyboardInterrupt
+                preexec_fn=_default_sigint,
             )
 
     def api(self, who: str) -> httpx.Client:
@@ -149,6 +152,10 @@ class Gateway:
         ids = self.home.stat().st_uid, self.home.stat().st_gid
         for item in [path, *path.rglob("*")]:
             os.chown(item, *ids, follow_symlinks=False)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _free_port() -> int:

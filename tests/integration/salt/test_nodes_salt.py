@@ -66,8 +66,8 @@ def salted(settings: Settings, salt_stack: SaltStack, tmp_path: Path, munge_key:
         salt_api_password=salt_stack.password,
         salt_api_eauth=salt_stack.eauth,
         salt_master_host="127.0.0.1",
-        salt_master_port=45506,
-        salt_publish_port=45505,
+        salt_master_port=10506,
+        salt_publish_port=10505,
         node_bootstrap_secret=SECRET,
         munge_key_path=str(tmp_path / "munge.key"),
         node_pillar_root=str(scratch),
@@ -283,8 +283,8 @@ def served(salted: Settings, clean_database: Database, tmp_path: Path) -> Iterat
         REMOTEGPU_SALT_API_USERNAME=salted.salt_api_username,
         REMOTEGPU_SALT_API_PASSWORD=str(salted.salt_api_password),
         REMOTEGPU_SALT_MASTER_HOST="127.0.0.1",
-        REMOTEGPU_SALT_MASTER_PORT="45506",
-        REMOTEGPU_SALT_PUBLISH_PORT="45505",
+        REMOTEGPU_SALT_MASTER_PORT="10506",
+        REMOTEGPU_SALT_PUBLISH_PORT="10505",
         REMOTEGPU_NODE_BOOTSTRAP_SECRET=SECRET,
         REMOTEGPU_LOG_LEVEL="DEBUG",
     )
@@ -373,7 +373,7 @@ def _bootstrap(served: tuple[str, Path], root: dict[str, str], salt_stack: SaltS
         env = {"PATH": os.environ["PATH"], "REMOTEGPU_SALT_DIR": str(salt_dir)}
         done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert f"bootstrap: minion {node}, master 127.0.0.1:45506" in done.stdout
+        assert f"bootstrap: minion {node}, master 127.0.0.1:10506" in done.stdout
         pki = salt_dir / "pki" / "minion"
         assert (pki / "minion.pem").stat().st_mode & 0o777 == 0o400
         assert "master_finger" in (salt_dir / "minion.d" / "remotegpu.conf").read_text()
