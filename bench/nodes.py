@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -150,11 +151,9 @@ def serve(url: str, workdir: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if httpx.get(base + "/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
-                pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("remotegpu serve did not start:\n" + (workdir / "serve.log").read_text()[-3000:])
             time.sleep(0.2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import grp
 import os
 import pwd
@@ -400,11 +401,10 @@ class _Run:
     async def follow(self) -> None:
         """Ask for each open job until it returned or timed out; results stored as they come."""
         if self.secret is None and self._needs_munge():
-            try:  # a run taken over: what to redact from results still comes from the key
+            # a run taken over: what to redact from results still comes from the key (none readable: none to redact)
+            with contextlib.suppress(pillars.PillarError):
                 key = await asyncio.to_thread(pillars.read_munge_key, self.settings.munge_key_path)
                 self.secret = base64.b64encode(key).decode()
-            except pillars.PillarError:
-                pass
         timeout = timedelta(seconds=self.settings.node_run_timeout_seconds)
         last_renew = time.monotonic()
         rounds = 0

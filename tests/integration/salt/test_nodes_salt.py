@@ -299,11 +299,9 @@ def served(salted: Settings, clean_database: Database, tmp_path: Path) -> Iterat
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
-                pass
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

@@ -26,7 +26,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     reports: list[dict[str, object]]
 
     def log_message(self, *args: object) -> None:
-        pass
+        """Quiet: the test's output is its assertions."""
 
     def do_GET(self) -> None:
         base = f"http://127.0.0.1:{self.server.server_address[1]}"  # type: ignore[index]
